@@ -1,0 +1,285 @@
+"""ConvexBP: descent, optimality against an independent solver, bounds, gradients, errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from structlight import NEG_INF, ConvexBP, RegionGraph
+from tests.conftest import brute_force_scores
+
+DT = torch.float64
+
+
+def random_graph(seed: int, kind: str, counting: str = "ones") -> RegionGraph:
+    """Small random region graphs with per-variable state counts."""
+    rng = np.random.default_rng(seed)
+    if kind == "loopy":  # a 2x3 grid plus a diagonal: cycles, mixed state counts
+        n = 6
+        ks = rng.integers(2, 4, size=n).tolist()
+        regions = [(i,) for i in range(n)] + [
+            (0, 1),
+            (1, 2),
+            (3, 4),
+            (4, 5),
+            (0, 3),
+            (1, 4),
+            (2, 5),
+            (0, 4),
+        ]
+    elif kind == "fully_connected":
+        n = 5
+        ks = rng.integers(2, 4, size=n).tolist()
+        regions = [(i,) for i in range(n)] + list(itertools.combinations(range(n), 2))
+    elif kind == "higher_order":  # triples over shared pairs and singletons (a 3-level graph)
+        n = 5
+        ks = rng.integers(2, 4, size=n).tolist()
+        regions = [(i,) for i in range(n)] + [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4)]
+        regions += [(2, 1, 0), (2, 3, 4), (0, 3, 4)]  # unsorted on purpose: axes in tuple order
+    else:
+        raise ValueError(kind)
+    r = len(regions)
+    if counting == "ones":
+        cs = None
+    elif counting == "random":
+        cs = rng.uniform(0.2, 2.0, size=r).tolist()
+    else:  # some zero counting numbers
+        cs = rng.uniform(0.2, 2.0, size=r)
+        cs[rng.random(r) < 0.3] = 0.0
+        cs = cs.tolist()
+    return RegionGraph(ks, regions, counting_numbers=cs)
+
+
+def random_pots(graph, b, seed, scale=1.0, dtype=DT):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        scale * torch.randn(b, *graph.region_shape(r), generator=gen, dtype=dtype)
+        for r in range(graph.num_regions)
+    ]
+
+
+CASES = [
+    (kind, counting, eps)
+    for kind in ("loopy", "fully_connected", "higher_order")
+    for counting, eps in (("ones", 1.0), ("random", 0.7), ("zeros", 1.0), ("ones", 0.0))
+]
+
+
+@pytest.mark.parametrize("kind, counting, eps", CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dual_never_increases(kind, counting, eps, seed):
+    g = random_graph(seed, kind, counting)
+    bp = ConvexBP(g, eps=eps)
+    pots = random_pots(g, 6, seed, scale=2.0)
+    msgs = bp.init_messages(6, DT)
+    prev = bp.dual(pots, msgs)
+    for _ in range(25):
+        msgs = bp.sweep(pots, msgs)
+        d = bp.dual(pots, msgs)
+        assert torch.all(d <= prev + 1e-10 * (1 + prev.abs())), (d - prev).max()
+        prev = d
+    assert torch.isfinite(prev).all()
+
+
+def lbfgs_minimum(bp: ConvexBP, theta: torch.Tensor) -> np.ndarray:
+    """Minimise the dual over the messages with SciPy's L-BFGS and autograd: one example."""
+    m = bp.num_message_entries
+
+    def fun(x):
+        lam = torch.tensor(x, dtype=DT, requires_grad=True)
+        d = bp.dual(theta, lam[None])
+        (g,) = torch.autograd.grad(d.sum(), lam)
+        return float(d.detach()), g.numpy()
+
+    res = minimize(
+        fun,
+        np.zeros(m),
+        jac=True,
+        method="L-BFGS-B",
+        options=dict(maxiter=20000, maxcor=30, gtol=1e-13, ftol=1e-16),
+    )
+    return res.fun
+
+
+@pytest.mark.parametrize("kind", ["loopy", "fully_connected", "higher_order"])
+@pytest.mark.parametrize("counting, eps", [("ones", 1.0), ("random", 0.5)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_converged_dual_matches_independent_solver(kind, counting, eps, seed):
+    g = random_graph(seed, kind, counting)
+    bp = ConvexBP(g, eps=eps)
+    theta = bp.pack(random_pots(g, 2, 100 + seed))
+    msgs, _ = bp.run(theta, num_sweeps=3000, tol=1e-13)
+    d = bp.dual(theta, msgs)
+    for b in range(2):
+        ref = lbfgs_minimum(bp, theta[b : b + 1])
+        assert abs(float(d[b]) - ref) < 1e-6, (float(d[b]), ref)
+        assert float(d[b]) >= ref - 1e-6
+    # local consistency: marginalising a parent's belief gives the child's
+    bel = bp.beliefs(theta, msgs)
+    for c, p in g.edges:
+        axes = tuple(1 + i for i, v in enumerate(g.regions[p]) if v not in g.regions[c])
+        marg = bel[p].sum(dim=axes)
+        kept = [v for v in g.regions[p] if v in g.regions[c]]
+        marg = marg.permute(0, *[1 + kept.index(v) for v in g.regions[c]])
+        torch.testing.assert_close(marg, bel[c], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["loopy", "fully_connected", "higher_order"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dual_upper_bounds_log_partition_and_score(kind, seed):
+    g = random_graph(seed, kind, "ones")
+    bp = ConvexBP(g, eps=1.0)
+    pots = random_pots(g, 4, seed)
+    labels, scores = brute_force_scores(g, pots)
+    log_z = torch.logsumexp(scores, dim=1)
+    msgs, _ = bp.run(pots, num_sweeps=200)
+    assert torch.all(bp.dual(pots, msgs) >= log_z - 1e-9)
+    # D(lam) >= F(y) for any messages and any labelling, at any temperature
+    gen = torch.Generator().manual_seed(seed)
+    for eps in (1.0, 0.3, 0.0):
+        bp_e = ConvexBP(g, eps=eps)
+        lam = 3 * torch.randn(4, bp_e.num_message_entries, generator=gen, dtype=DT)
+        d = bp_e.dual(pots, lam)
+        assert torch.all(d[:, None] >= scores - 1e-9)
+        # and score() agrees with enumeration
+        pick = torch.randint(0, labels.shape[0], (4,), generator=gen)
+        torch.testing.assert_close(bp_e.score(pots, labels[pick]), scores[torch.arange(4), pick])
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.5])
+@pytest.mark.parametrize("kind", ["loopy", "higher_order"])
+def test_dual_gradient_is_beliefs(kind, eps):
+    g = random_graph(3, kind, "random")
+    bp = ConvexBP(g, eps=eps)
+    pots = [p.requires_grad_(True) for p in random_pots(g, 3, 7)]
+    msgs = bp.init_messages(3, DT)
+    for _ in range(3):
+        msgs = bp.sweep(pots, msgs)
+    d = bp.dual(pots, msgs)
+    d.sum().backward()
+    bel = bp.beliefs(pots, msgs)
+    for p, b in zip(pots, bel):
+        torch.testing.assert_close(p.grad, b)
+        torch.testing.assert_close(b.reshape(3, -1).sum(1), torch.ones(3, dtype=DT))
+
+
+def test_tree_with_exact_counting_matches_enumeration_and_marginals():
+    # A chain with counting numbers c_edge = 1, c_node = 0 is NOT Bethe (node 1 - deg < 0), so
+    # the bound is strict; but on a graph with a single region the dual is exactly log Z.
+    g = RegionGraph([3, 2, 2], [(0, 1, 2), (0,), (2,)], counting_numbers=[1, 0, 0])
+    bp = ConvexBP(g, eps=1.0)
+    pots = random_pots(g, 5, 11)
+    _, scores = brute_force_scores(g, pots)
+    msgs, _ = bp.run(pots, num_sweeps=50)
+    torch.testing.assert_close(bp.dual(pots, msgs), torch.logsumexp(scores, 1))
+    # the top region's belief is the exact joint distribution
+    probs = torch.softmax(scores, 1).reshape(5, 3, 2, 2)
+    torch.testing.assert_close(bp.beliefs(pots, msgs)[0], probs)
+    # singletons have counting number 0: their beliefs are the argmax of fhat (one-hot)
+    b1 = bp.beliefs(pots, msgs)[1]
+    assert torch.all((b1 == 0) | (b1 == 1)) and torch.all(b1.sum(1) == 1)
+
+
+def test_forbidden_states_give_no_nan():
+    g = random_graph(0, "higher_order", "ones")
+    for eps in (1.0, 0.0):
+        bp = ConvexBP(g, eps=eps)
+        pots = random_pots(g, 4, 5)
+        pots[0][:, 0] = float("-inf")  # variable 0 may not take state 0
+        pots[5][:, 1, 1] = float("-inf")  # pair (0, 1) may not be (1, 1)
+        pots[10][0] = float("-inf")  # example 0: triple (2,1,0) entirely forbidden
+        msgs = bp.init_messages(4, DT)
+        for _ in range(20):
+            msgs = bp.sweep(pots, msgs)
+        assert torch.isfinite(msgs).all()
+        d = bp.dual(pots, msgs)
+        assert not torch.isnan(d).any()
+        assert d[0] <= NEG_INF / 2 and torch.isfinite(d[1:]).all()
+        bel = bp.beliefs(pots, msgs)
+        assert not any(torch.isnan(b).any() for b in bel)
+        assert torch.all(bel[0][1:, 0] == 0)
+        y = bp.decode(pots, msgs)
+        assert torch.all(y[1:, 0] != 0)
+
+
+def test_broadcast_tables_and_packing_agree():
+    g = RegionGraph.chain(4, 3, order=2)
+    bp = ConvexBP(g)
+    gen = torch.Generator().manual_seed(0)
+    pots = [
+        torch.randn(1 if len(r) == 2 else 5, *g.region_shape(i), generator=gen)
+        for i, r in enumerate(g.regions)
+    ]
+    expanded = [p.expand(5, *p.shape[1:]) for p in pots]
+    theta = bp.pack(pots)
+    assert theta.shape == (5, bp.num_entries)
+    m1 = bp.sweep(pots, bp.init_messages(5))
+    m2 = bp.sweep(expanded, bp.init_messages(5))
+    m3 = bp.sweep(theta, bp.init_messages(5))
+    torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(m1, m3)
+    assert m1.dtype == torch.float32
+
+
+def test_float32_matches_float64():
+    g = random_graph(1, "loopy", "ones")
+    bp = ConvexBP(g)
+    pots = random_pots(g, 3, 1)
+    m64, _ = bp.run(pots, num_sweeps=30)
+    m32, _ = bp.run([p.float() for p in pots], num_sweeps=30)
+    torch.testing.assert_close(
+        bp.dual([p.float() for p in pots], m32).double(), bp.dual(pots, m64), atol=1e-4, rtol=1e-5
+    )
+
+
+def test_decode_uses_largest_variable_belief():
+    g = RegionGraph([3, 4], [(0,), (0, 1)])  # variable 1 only inside the pair
+    bp = ConvexBP(g, eps=1.0)
+    pots = random_pots(g, 7, 2, scale=3.0)
+    msgs, _ = bp.run(pots, num_sweeps=50)
+    vb = bp.variable_beliefs(pots, msgs)
+    assert vb.shape == (7, 2, 4)
+    torch.testing.assert_close(vb[:, 0, 3], torch.zeros(7, dtype=DT))
+    torch.testing.assert_close(vb.sum(-1), torch.ones(7, 2, dtype=DT))
+    pair = bp.beliefs(pots, msgs)[1]
+    torch.testing.assert_close(vb[:, 1], pair.sum(1))
+    y = bp.decode(pots, msgs)
+    torch.testing.assert_close(y[:, 1], pair.sum(1).argmax(-1))
+
+
+def test_bad_inputs_raise():
+    g = RegionGraph.chain(3, 2)
+    bp = ConvexBP(g)
+    good = [torch.zeros(2, *g.region_shape(r)) for r in range(g.num_regions)]
+    msgs = bp.init_messages(2)
+    with pytest.raises(ValueError, match="eps"):
+        ConvexBP(g, eps=-1.0)
+    with pytest.raises(TypeError, match="RegionGraph"):
+        ConvexBP("chain")
+    bad = list(good)
+    bad[3] = torch.zeros(2, 2, 3)
+    with pytest.raises(ValueError, match=r"potential 3 .* shape \(B, 2, 2\), got \(2, 2, 3\)"):
+        bp.sweep(bad, msgs)
+    with pytest.raises(ValueError, match="expected 5 potential tables"):
+        bp.dual(good[:4], msgs)
+    bad = list(good)
+    bad[0] = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="different batch sizes"):
+        bp.dual(bad, msgs)
+    with pytest.raises(ValueError, match="batch size"):
+        bp.sweep(good, bp.init_messages(3))
+    other = ConvexBP(RegionGraph.chain(4, 2))
+    with pytest.raises(ValueError, match="another graph"):
+        bp.sweep(good, other.init_messages(2))
+    with pytest.raises(ValueError, match="dtype"):
+        bp.sweep(good, bp.init_messages(2, torch.float64))
+    with pytest.raises(ValueError, match="shape \\(B, 3\\)"):
+        bp.score(good, torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="out of range"):
+        bp.score(good, torch.full((2, 3), 2))
+    with pytest.raises(TypeError, match="floating point"):
+        bp.pack([p.long() for p in good])
