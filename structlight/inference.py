@@ -70,6 +70,34 @@ class _Block:
 
 
 @dataclass
+class _DenseBlock:
+    """Index tensors of one parallel block on the pairwise fast path."""
+
+    o_idx: Tensor  # (P, K, K) theta positions of each incident pair table, block variable first
+    other: Tensor  # (P,) dense message slot of the pair's other end
+    own: Tensor  # (P,) dense message slot written by this block
+    node_idx: Tensor  # (S, K) theta positions of the block's singleton tables
+    node_pos: Tensor  # (P,) position in the block of the singleton of each incident pair
+    chat: Tensor  # (P, 1) ĉ of each pair
+    inv: Tensor  # (P, 1, 1) 1 / ĉ (1 where ĉ = 0)
+    weight: Tensor  # (P, 1) c_e / (c_i + sum_e' c_e')
+    mask: Tensor  # (P, K) 1 for real states of the block variable, 0 for padding
+    all_pos: bool
+    all_zero: bool
+    unit: bool  # all ĉ = 1: no temperature scaling needed
+    padded: bool  # some variable has fewer than K states
+
+
+@dataclass
+class _Dense:
+    """The pairwise fast path: messages as ``(B, 2E, K)``, slot ``2e + s`` from end ``s`` of pair e."""
+
+    blocks: list[_DenseBlock]
+    from_general: Tensor  # (2E, K) positions in [lam, 0] of each dense message entry
+    to_general: Tensor  # (M,) flat dense position of each general message entry
+
+
+@dataclass
 class _Compiled:
     blocks: list[_Block]
     fhat_tgt_in: Tensor  # fhat = theta + lam[in_src] at in_tgt - lam[out_src] at out_tgt
@@ -87,6 +115,7 @@ class _Compiled:
     score_base: Tensor  # (R,) offsets o_r
     score_vars: Tensor  # (R, L) variables of each region (padded with 0)
     score_strides: Tensor  # (R, L) row-major strides (0 in padding)
+    dense: _Dense | None = None
 
 
 class ConvexBP:
@@ -96,6 +125,10 @@ class ConvexBP:
         graph: the region graph.
         eps: temperature ``eps >= 0``; ``eps = 1`` gives the (approximate) log-partition of a CRF,
             ``eps = 0`` max-product for the structured hinge loss.
+        fast_path: on pairwise graphs (singletons and pairs, every pair's children its two
+            singletons), run sweeps on a dense ``(B, 2E, K)`` message layout with dense
+            ``(B, P, K, K)`` pair tables instead of the general index layout. Same updates, same
+            schedule, same results (up to rounding); see :attr:`uses_fast_path`.
 
     All methods take potentials either as a list of ``num_regions`` tensors, region ``r`` of
     shape ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts over the batch, e.g. a shared
@@ -106,7 +139,7 @@ class ConvexBP:
     ``len(graph.schedule())`` sequential block steps of about a dozen tensor ops each.
     """
 
-    def __init__(self, graph: RegionGraph, eps: float = 1.0) -> None:
+    def __init__(self, graph: RegionGraph, eps: float = 1.0, fast_path: bool = True) -> None:
         if not isinstance(graph, RegionGraph):
             raise TypeError(f"graph must be a RegionGraph, got {type(graph).__name__}")
         eps = float(eps)
@@ -127,6 +160,7 @@ class ConvexBP:
         self._schedule = g.schedule()
         self._chat = np.array([eps * c for c in g.counting_numbers], dtype=np.float64)
         self._np = self._compile_numpy()
+        self._np_dense = self._compile_dense() if fast_path else None
         self._cache: dict[tuple[torch.device, torch.dtype], _Compiled] = {}
 
     # ------------------------------------------------------------------ compilation
@@ -267,6 +301,87 @@ class ConvexBP:
             score_strides=sstr,
         )
 
+    @property
+    def uses_fast_path(self) -> bool:
+        """True if sweeps run on the dense pairwise layout."""
+        return self._np_dense is not None
+
+    def _compile_dense(self) -> dict | None:
+        g = self.graph
+        if not g.is_pairwise() or not self._schedule:
+            return None
+        node = {reg[0]: r for r, reg in enumerate(g.regions) if len(reg) == 1}
+        pairs = g.regions_of_size(2)
+        if len(node) != g.num_vars or not pairs:
+            return None
+        for p in pairs:
+            if sorted(g.children(p)) != sorted(node[v] for v in g.regions[p]):
+                return None
+        pair_pos = {p: e for e, p in enumerate(pairs)}
+        ks = g.num_states
+        kmax = max(ks)
+        t_pad = self.num_entries  # the NEG_INF column appended to theta
+        off = self._offsets
+        # oriented pair tables: slot 2e+s has the variable at end s on the rows
+        oriented = np.full((2 * len(pairs), kmax, kmax), t_pad, dtype=np.int64)
+        for e, p in enumerate(pairs):
+            a, b = g.regions[p]
+            tab = off[p] + np.arange(ks[a] * ks[b]).reshape(ks[a], ks[b])
+            oriented[2 * e, : ks[a], : ks[b]] = tab
+            oriented[2 * e + 1, : ks[b], : ks[a]] = tab.T
+        node_rows = np.full((g.num_vars, kmax), t_pad, dtype=np.int64)
+        for v in range(g.num_vars):
+            node_rows[v, : ks[v]] = off[node[v]] + np.arange(ks[v])
+        m_pad = self.num_message_entries
+        from_general = np.full((2 * len(pairs), kmax), m_pad, dtype=np.int64)
+        to_general = np.zeros(self.num_message_entries, dtype=np.int64)
+        for e, p in enumerate(pairs):
+            for side, v in enumerate(g.regions[p]):
+                k = ks[v]
+                start = self._msg_offsets[self._edge_id[(node[v], p)]]
+                from_general[2 * e + side, :k] = start + np.arange(k)
+                to_general[start : start + k] = (2 * e + side) * kmax + np.arange(k)
+        counting = g.counting_numbers
+        blocks = []
+        for block in self._schedule:
+            o_idx, other, own, node_pos, chat, weight, mask = [], [], [], [], [], [], []
+            node_idx = []
+            for i, r in enumerate(block):
+                v = g.regions[r][0]
+                node_idx.append(node_rows[v])
+                parents = g.parents(r)
+                denom = counting[r] + sum(counting[p] for p in parents)
+                for p in parents:
+                    e = pair_pos[p]
+                    side = g.regions[p].index(v)
+                    o_idx.append(oriented[2 * e + side])
+                    own.append(2 * e + side)
+                    other.append(2 * e + 1 - side)
+                    node_pos.append(i)
+                    chat.append(self._chat[p])
+                    weight.append(counting[p] / denom if denom > 0 else 1.0 / (len(parents) + 1))
+                    mask.append(np.arange(kmax) < ks[v])
+            chat_a = np.array(chat, dtype=np.float64)
+            inv = np.where(chat_a > 0, 1.0 / np.where(chat_a > 0, chat_a, 1.0), 1.0)
+            blocks.append(
+                dict(
+                    o_idx=np.stack(o_idx),
+                    other=np.array(other, dtype=np.int64),
+                    own=np.array(own, dtype=np.int64),
+                    node_idx=np.stack(node_idx),
+                    node_pos=np.array(node_pos, dtype=np.int64),
+                    chat=chat_a[:, None],
+                    inv=inv[:, None, None],
+                    weight=np.array(weight, dtype=np.float64)[:, None],
+                    mask=np.stack(mask).astype(np.float64),
+                    all_pos=bool((chat_a > 0).all()),
+                    all_zero=bool((chat_a == 0).all()),
+                    unit=bool((chat_a == 1).all()),
+                    padded=len(set(ks)) > 1,
+                )
+            )
+        return dict(blocks=blocks, from_general=from_general, to_general=to_general)
+
     def _compiled(self, device: torch.device, dtype: torch.dtype) -> _Compiled:
         key = (device, dtype)
         hit = self._cache.get(key)
@@ -285,8 +400,20 @@ class ConvexBP:
             )
             for b in nb["blocks"]
         ]
+        dense = None
+        if self._np_dense is not None:
+            nd = self._np_dense
+            dense = _Dense(
+                blocks=[
+                    _DenseBlock(**{k: (v if isinstance(v, bool) else t(v)) for k, v in b.items()})
+                    for b in nd["blocks"]
+                ],
+                from_general=t(nd["from_general"]),
+                to_general=t(nd["to_general"]),
+            )
         comp = _Compiled(
             blocks=blocks,
+            dense=dense,
             **{
                 k: (v if isinstance(v, bool) else t(v))
                 for k, v in nb.items()
@@ -425,6 +552,8 @@ class ConvexBP:
             theta = theta.detach()
             lam = msgs.detach().clone()
             comp = self._compiled(theta.device, theta.dtype)
+            if comp.dense is not None:
+                return self._sweep_dense(theta, lam, comp.dense)
             neg = theta.new_full((theta.shape[0], 1), float("-inf"))
             for blk in comp.blocks:
                 x = theta.index_select(1, blk.xpos)
@@ -442,6 +571,30 @@ class ConvexBP:
                 a.index_add_(1, blk.mu_tgt, mu)
                 lam[:, blk.msg_pos] = a.index_select(1, blk.mu_tgt) * blk.weight - mu
         return lam
+
+    def _sweep_dense(self, theta: Tensor, lam: Tensor, dense: _Dense) -> Tensor:
+        """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
+        b = theta.shape[0]
+        theta = torch.cat([theta, theta.new_full((b, 1), NEG_INF)], dim=1)
+        lamd = torch.cat([lam, lam.new_zeros(b, 1)], dim=1)[:, dense.from_general]
+        for blk in dense.blocks:
+            # v[b, i, y_i, y_j] = f_e(y_i, y_j) + lam[j->e](y_j) for every pair e at a block node i
+            v = theta[:, blk.o_idx] + lamd[:, blk.other].unsqueeze(2)
+            if blk.all_zero:
+                mu = v.amax(dim=-1)
+            elif blk.unit:
+                mu = torch.logsumexp(v, dim=-1)
+            else:
+                mu = torch.logsumexp(v * blk.inv, dim=-1) * blk.chat
+                if not blk.all_pos:
+                    mu = torch.where(blk.chat > 0, mu, v.amax(dim=-1))
+            a = theta[:, blk.node_idx]
+            a.index_add_(1, blk.node_pos, mu)
+            new = a[:, blk.node_pos] * blk.weight - mu
+            if blk.padded:
+                new = new * blk.mask
+            lamd[:, blk.own] = new
+        return lamd.reshape(b, -1)[:, dense.to_general]
 
     def run(
         self,

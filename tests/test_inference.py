@@ -283,3 +283,32 @@ def test_bad_inputs_raise():
         bp.score(good, torch.full((2, 3), 2))
     with pytest.raises(TypeError, match="floating point"):
         bp.pack([p.long() for p in good])
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        RegionGraph.chain(5, 4, order=2),
+        RegionGraph.fully_connected(6, 3),
+        RegionGraph.grid(3, 4, [2, 3, 4, 2] * 3),
+        random_graph(0, "loopy", "zeros"),
+        random_graph(1, "fully_connected", "random"),
+    ],
+)
+@pytest.mark.parametrize("eps", [1.0, 0.4, 0.0])
+def test_pairwise_fast_path_agrees_with_general_path(graph, eps):
+    fast, general = ConvexBP(graph, eps), ConvexBP(graph, eps, fast_path=False)
+    assert fast.uses_fast_path and not general.uses_fast_path
+    pots = random_pots(graph, 4, 9, scale=2.0)
+    pots[graph.num_vars][1] = float("-inf")  # one pair table fully forbidden in example 1
+    pots[0][:, 0] = float("-inf")
+    mf = mg = fast.init_messages(4, DT)
+    for _ in range(6):
+        mf, mg = fast.sweep(pots, mf), general.sweep(pots, mg)
+        torch.testing.assert_close(mf, mg, rtol=1e-12, atol=1e-9)
+
+
+def test_fast_path_is_not_used_where_it_does_not_apply():
+    assert not ConvexBP(random_graph(0, "higher_order")).uses_fast_path
+    # a variable without a singleton region
+    assert not ConvexBP(RegionGraph([2, 2, 2], [(0,), (1,), (0, 1), (1, 2)])).uses_fast_path

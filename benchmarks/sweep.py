@@ -1,0 +1,70 @@
+"""Time one sweep, one dual and one beliefs call of ConvexBP (issue 2's measurement).
+
+Graphs: (a) Word50 2nd-order chain, 5 variables x 26 states, batch 100; (b) fully connected,
+38 binary variables, batch 300; (c) a 32x32 grid with 5 states, batch 1. float32, N(0,1)
+potentials, medians over repeats, on CPU and on CUDA where present.
+
+    python benchmarks/sweep.py [--repeats 50] [--device cpu cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from structlight import ConvexBP, RegionGraph
+
+CASES = {
+    "chain2 5x26 B=100": (lambda: RegionGraph.chain(5, 26, order=2), 100),
+    "fully connected 38x2 B=300": (lambda: RegionGraph.fully_connected(38, 2), 300),
+    "grid 32x32x5 B=1": (lambda: RegionGraph.grid(32, 32, 5), 1),
+}
+
+
+def timeit(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--device", nargs="*", default=None, help="default: cpu, and cuda if present")
+    args = ap.parse_args(argv)
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'graph':30s} {'device':6s} {'blocks':>6s} {'sweep ms':>9s} {'dual ms':>8s} {'beliefs ms':>10s}")
+    for name, (make, b) in CASES.items():
+        g = make()
+        bp = ConvexBP(g, eps=1.0)
+        for dev in devices:
+            device = torch.device(dev)
+            gen = torch.Generator().manual_seed(0)
+            theta = bp.pack(
+                [torch.randn(b, *g.region_shape(r), generator=gen) for r in range(g.num_regions)]
+            ).to(device)
+            msgs = bp.init_messages(b, theta.dtype, device)
+            t_sweep = timeit(lambda: bp.sweep(theta, msgs), args.repeats, device)
+            t_dual = timeit(lambda: bp.dual(theta, msgs), args.repeats, device)
+            t_bel = timeit(lambda: bp.beliefs(theta, msgs), args.repeats, device)
+            print(
+                f"{name:30s} {dev:6s} {len(g.schedule()):6d} {t_sweep:9.3f} {t_dual:8.3f} {t_bel:10.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
