@@ -95,6 +95,15 @@ class _Dense:
     blocks: list[_DenseBlock]
     from_general: Tensor  # (2E, K) positions in [lam, 0] of each dense message entry
     to_general: Tensor  # (M,) flat dense position of each general message entry
+    node_rows: Tensor  # (N, K) theta positions of the singleton tables (padding: NEG_INF column)
+    pair_tab: Tensor  # (E, K, K) theta positions of the pair tables, in region tuple order
+    slot_var: Tensor  # (2E,) variable at end s of pair e, for slot 2e + s
+    node_chat: Tensor  # (N,)
+    node_inv: Tensor  # (N, 1)
+    pair_chat: Tensor  # (E,)
+    pair_inv: Tensor  # (E, 1)
+    node_flags: tuple[bool, bool]  # (all ĉ > 0, all ĉ = 0) over singletons
+    pair_flags: tuple[bool, bool]  # the same over pairs
 
 
 @dataclass
@@ -380,7 +389,28 @@ class ConvexBP:
                     padded=len(set(ks)) > 1,
                 )
             )
-        return dict(blocks=blocks, from_general=from_general, to_general=to_general)
+        pair_tab = oriented[0::2]
+        slot_var = np.array([g.regions[p][s] for p in pairs for s in (0, 1)], dtype=np.int64)
+        node_chat = self._chat[[node[v] for v in range(g.num_vars)]]
+        pair_chat = self._chat[pairs]
+
+        def inv(c: np.ndarray) -> np.ndarray:
+            return np.where(c > 0, 1.0 / np.where(c > 0, c, 1.0), 1.0)[:, None]
+
+        return dict(
+            blocks=blocks,
+            from_general=from_general,
+            to_general=to_general,
+            node_rows=node_rows,
+            pair_tab=pair_tab,
+            slot_var=slot_var,
+            node_chat=node_chat,
+            node_inv=inv(node_chat),
+            pair_chat=pair_chat,
+            pair_inv=inv(pair_chat),
+            node_flags=(bool((node_chat > 0).all()), bool((node_chat == 0).all())),
+            pair_flags=(bool((pair_chat > 0).all()), bool((pair_chat == 0).all())),
+        )
 
     def _compiled(self, device: torch.device, dtype: torch.dtype) -> _Compiled:
         key = (device, dtype)
@@ -408,8 +438,9 @@ class ConvexBP:
                     _DenseBlock(**{k: (v if isinstance(v, bool) else t(v)) for k, v in b.items()})
                     for b in nd["blocks"]
                 ],
-                from_general=t(nd["from_general"]),
-                to_general=t(nd["to_general"]),
+                **{
+                    k: (v if isinstance(v, tuple) else t(v)) for k, v in nd.items() if k != "blocks"
+                },
             )
         comp = _Compiled(
             blocks=blocks,
@@ -658,9 +689,31 @@ class ConvexBP:
         Returns:
             ``(B,)``; ``d.sum().backward()`` gives each table the beliefs of its region.
         """
-        pad, comp = self._padded(self.reparameterize(pots, msgs))
+        theta = self._prepare(pots, msgs)
+        comp = self._compiled(theta.device, theta.dtype)
+        if comp.dense is not None:
+            nodes, pairs = self._dense_fhat(theta, msgs, comp.dense)
+            d = comp.dense
+            b = theta.shape[0]
+            return self._soft_max(nodes, d.node_chat, d.node_inv, *d.node_flags).sum(1) + (
+                self._soft_max(
+                    pairs.reshape(b, pairs.shape[1], -1), d.pair_chat, d.pair_inv, *d.pair_flags
+                ).sum(1)
+            )
+        pad, comp = self._padded(self.reparameterize(theta, msgs))
         per_region = self._soft_max(pad, comp.chat, comp.inv, comp.all_pos, comp.all_zero)
         return per_region.sum(dim=1)
+
+    @staticmethod
+    def _dense_fhat(theta: Tensor, msgs: Tensor, d: _Dense) -> tuple[Tensor, Tensor]:
+        """Reparameterised singleton ``(B, N, K)`` and pair ``(B, E, K, K)`` tables (fast path)."""
+        b = theta.shape[0]
+        theta = torch.cat([theta, theta.new_full((b, 1), NEG_INF)], dim=1)
+        lamd = torch.cat([msgs, msgs.new_zeros(b, 1)], dim=1)[:, d.from_general]  # (B, 2E, K)
+        nodes = theta[:, d.node_rows].index_add(1, d.slot_var, lamd, alpha=-1)
+        lam2 = lamd.view(b, -1, 2, lamd.shape[-1])
+        pairs = theta[:, d.pair_tab] + lam2[:, :, 0, :, None] + lam2[:, :, 1, None, :]
+        return nodes, pairs
 
     def _padded_beliefs(self, pots: Potentials, msgs: Tensor) -> tuple[Tensor, _Compiled]:
         pad, comp = self._padded(self.reparameterize(pots, msgs))
@@ -691,7 +744,18 @@ class ConvexBP:
         Returns:
             ``(B, N, Kmax)``; entries past ``num_states[i]`` are 0.
         """
-        pad, comp = self._padded_beliefs(pots, msgs)
+        theta = self._prepare(pots, msgs)
+        comp = self._compiled(theta.device, theta.dtype)
+        if comp.dense is not None:
+            d = comp.dense
+            nodes, _ = self._dense_fhat(theta, msgs, d)
+            all_pos, all_zero = d.node_flags
+            soft = torch.softmax(nodes * d.node_inv, dim=-1) if not all_zero else None
+            if all_pos:
+                return soft
+            hard = torch.nn.functional.one_hot(nodes.argmax(-1), nodes.shape[-1]).to(nodes.dtype)
+            return hard if soft is None else torch.where((d.node_chat > 0)[:, None], soft, hard)
+        pad, comp = self._padded_beliefs(theta, msgs)
         b = pad.shape[0]
         flat = pad.reshape(b, -1).index_select(1, comp.var_src)
         nv = int(sum(self.graph.num_states))

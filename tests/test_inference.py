@@ -306,6 +306,19 @@ def test_pairwise_fast_path_agrees_with_general_path(graph, eps):
     for _ in range(6):
         mf, mg = fast.sweep(pots, mf), general.sweep(pots, mg)
         torch.testing.assert_close(mf, mg, rtol=1e-12, atol=1e-9)
+    # dual (and its gradient), variable beliefs and decoding agree too
+    lam = mf + torch.randn_like(mf)
+    theta = fast.pack(pots).requires_grad_(True)
+    d_fast = fast.dual(theta, lam)
+    (g_fast,) = torch.autograd.grad(d_fast.sum(), theta)
+    d_gen = general.dual(theta, lam)
+    (g_gen,) = torch.autograd.grad(d_gen.sum(), theta)
+    torch.testing.assert_close(d_fast, d_gen, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(g_fast, g_gen)
+    torch.testing.assert_close(
+        fast.variable_beliefs(pots, lam), general.variable_beliefs(pots, lam)
+    )
+    torch.testing.assert_close(fast.decode(pots, lam), general.decode(pots, lam))
 
 
 def test_fast_path_is_not_used_where_it_does_not_apply():
