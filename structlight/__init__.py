@@ -14,9 +14,39 @@ from structlight.chain import (
     chain_viterbi,
 )
 from structlight.graph import RegionGraph
+from structlight.head import ChainHead, FullyConnectedHead, StructuredHead, StructuredLoss
 from structlight.inference import NEG_INF, ConvexBP
+from structlight.potentials import (
+    MLP,
+    HigherOrderTable,
+    PairwiseMLP,
+    PairwiseTable,
+    RegionPotential,
+    RegionTable,
+    Unary,
+)
+from structlight.store import MessageStore
 
 __version__ = "0.1.0"
+
+# Exports that import Lightning or torchmetrics (seconds) load on first access (PEP 562), so
+# ``import structlight`` stays as cheap as torch for users of the graph and inference engine.
+_LAZY = {
+    "DeepStructuredModel": "structlight.task",
+    "CharacterAccuracy": "structlight.metrics",
+    "HammingError": "structlight.metrics",
+    "WordAccuracy": "structlight.metrics",
+    "task_metrics": "structlight.metrics",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'structlight' has no attribute {name!r}")
+
 
 __all__ = [
     "NEG_INF",
@@ -28,4 +58,21 @@ __all__ = [
     "chain_potentials",
     "chain_score",
     "chain_viterbi",
+    "ChainHead",
+    "FullyConnectedHead",
+    "StructuredHead",
+    "StructuredLoss",
+    "CharacterAccuracy",
+    "HammingError",
+    "WordAccuracy",
+    "task_metrics",
+    "MLP",
+    "HigherOrderTable",
+    "PairwiseMLP",
+    "PairwiseTable",
+    "RegionPotential",
+    "RegionTable",
+    "Unary",
+    "MessageStore",
+    "DeepStructuredModel",
 ]

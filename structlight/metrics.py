@@ -1,0 +1,149 @@
+"""Evaluation metrics as ``torchmetrics.Metric`` subclasses (summed states, so correct under DDP).
+
+* Sequences (Word50): :class:`CharacterAccuracy` (fraction of correct positions, the paper's
+  "character accuracy", i.e. one minus the Hamming loss) and :class:`WordAccuracy` (exact match
+  of the whole sequence, one minus the zero-one loss).
+* Multi-label (Flickr): :class:`HammingError`, the wrong decisions as a percentage of all
+  decisions (``as_percentage=True``, the paper's Table 2) or as the mean count per example.
+
+All metrics report percentages (0-100) where they are rates, as the paper's tables do.
+:func:`task_metrics` builds the collection a task type needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+
+__all__ = ["CharacterAccuracy", "HammingError", "WordAccuracy", "task_metrics"]
+
+
+def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    if preds.shape != target.shape or preds.dim() != 2:
+        raise ValueError(
+            f"preds and target must both have shape (B, N), got {tuple(preds.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    return preds.long(), target.long()
+
+
+class CharacterAccuracy(Metric):
+    """Percentage of correctly labelled positions over all positions seen.
+
+    ``update(preds, target)``: both ``(B, N)`` integer labels.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    total: Tensor
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
+        preds, target = _check(preds, target)
+        self.correct += (preds == target).sum()
+        self.total += target.numel()
+
+    def compute(self) -> Tensor:
+        """Accuracy in percent."""
+        return 100.0 * self.correct.float() / self.total.clamp_min(1).float()
+
+
+class WordAccuracy(Metric):
+    """Percentage of sequences whose every position is correct (exact match).
+
+    ``update(preds, target)``: both ``(B, N)`` integer labels.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    total: Tensor
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
+        preds, target = _check(preds, target)
+        self.correct += (preds == target).all(dim=1).sum()
+        self.total += target.shape[0]
+
+    def compute(self) -> Tensor:
+        """Exact-match accuracy in percent."""
+        return 100.0 * self.correct.float() / self.total.clamp_min(1).float()
+
+
+class HammingError(Metric):
+    """Wrong decisions of multi-label predictions.
+
+    Args:
+        as_percentage: True (default): wrong decisions as a percentage of all decisions (``B * N``
+            of them); False: the mean number of wrong decisions per example.
+
+    ``update(preds, target)``: both ``(B, N)`` integer (e.g. 0/1) labels.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    wrong: Tensor
+    decisions: Tensor
+    examples: Tensor
+
+    def __init__(self, as_percentage: bool = True, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.as_percentage = as_percentage
+        self.add_state("wrong", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("decisions", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("examples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
+        preds, target = _check(preds, target)
+        self.wrong += (preds != target).sum()
+        self.decisions += target.numel()
+        self.examples += target.shape[0]
+
+    def compute(self) -> Tensor:
+        """Percentage of wrong decisions, or the mean wrong count per example."""
+        if self.as_percentage:
+            return 100.0 * self.wrong.float() / self.decisions.clamp_min(1).float()
+        return self.wrong.float() / self.examples.clamp_min(1).float()
+
+
+def task_metrics(task_type: str, prefix: str = "") -> MetricCollection:
+    """The metrics of a task type.
+
+    Args:
+        task_type: ``"sequence"`` (``char_acc``, ``word_acc``) or ``"multilabel"``
+            (``hamming_error`` in percent, ``hamming_count`` per example).
+        prefix: prepended to the names, e.g. ``"val/"``.
+
+    Returns:
+        A ``MetricCollection``; ``update(preds, target)`` with ``(B, N)`` labels.
+    """
+    if task_type == "sequence":
+        metrics: dict[str, Metric] = {"char_acc": CharacterAccuracy(), "word_acc": WordAccuracy()}
+    elif task_type == "multilabel":
+        metrics = {
+            "hamming_error": HammingError(as_percentage=True),
+            "hamming_count": HammingError(as_percentage=False),
+        }
+    else:
+        raise ValueError(f"task_type must be 'sequence' or 'multilabel', got {task_type!r}")
+    # compute_groups=False: metrics with coinciding states (e.g. N = 1) must not be merged
+    return MetricCollection(metrics, prefix=prefix, compute_groups=False)

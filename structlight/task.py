@@ -1,0 +1,432 @@
+"""The paper's learning algorithm as a LightningModule: any backbone trained jointly with an MRF.
+
+:class:`DeepStructuredModel` composes a backbone (``batch["image"] -> features``) and a
+:class:`structlight.StructuredHead` (features -> potentials -> message passing -> loss). One
+training step (DESIGN §2, the paper's Fig. 3):
+
+1. forward: ``theta = head(backbone(batch["image"]), batch)``;
+2. the batch's stored messages get ``sweeps_per_step`` sweeps with ``theta`` detached and are
+   written back (or, ``blend=False``, restart at zero for up to 20 sweeps);
+3. ``loss = mean_b (D_b - F(x_b, y*_b))`` with the messages detached; backward; optimizer step.
+
+Validation and test run ``val_sweeps`` sweeps (default 10, as the paper) from zero messages and
+decode each variable's belief; ``predict_step`` returns ``{"labels", "marginals"}``.
+
+The paper's four strategies (``strategy``):
+
+* ``unary_only``: pairwise parameters fixed at 0 (zeroed, frozen) and the structure ignored:
+  the loss is the sum of per-variable losses (cross-entropy for ``eps = 1``), prediction the
+  per-variable argmax. Its checkpoint is the ``unary_checkpoint`` of the next two.
+* ``joint``: everything from random initialisation, trained together.
+* ``piecewise``: backbone and unary loaded from ``unary_checkpoint`` and frozen; pairwise learned.
+* ``pretrain_joint``: backbone and unary loaded from ``unary_checkpoint``; everything trained (the
+  paper lowers the step size to 0.001 here: set it in the optimizer's config).
+
+Halving the step size when validation accuracy drops (the paper's schedule) is a config choice:
+``lr_scheduler: ReduceLROnPlateau(mode=max, factor=0.5, patience=0)``, monitoring
+``scheduler_monitor`` (default: :attr:`DeepStructuredModel.monitor`, ``val/word_acc`` for
+sequences, ``val/hamming_error`` for multi-label tasks).
+
+Regularisers: 2-norm via the optimizer's ``weight_decay`` or ``l2_weight`` (adds
+``l2_weight / 2 * ||w||^2`` of the trainable parameters to the loss); infinity-norm as a
+constraint ``||w||_inf <= linf_bound``, enforced by clamping after every optimizer step
+(projected subgradient descent) on the pairwise parameters (``linf_scope="pairwise"``) or on all
+trainable ones.
+
+Logged: ``train/loss``, ``train/dual``, ``train/dual_change`` (mean change of the dual per sweep
+in the step, ``<= 0``), ``train/sweeps`` (double loop), ``val/loss``, ``val/char_acc`` and
+``val/word_acc`` (sequences) or ``val/hamming_error`` and ``val/hamming_count`` (multi-label),
+and the same under ``test/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from structlight.head import StructuredHead, StructuredLoss
+from structlight.metrics import task_metrics
+
+__all__ = ["DeepStructuredModel", "Strategy"]
+
+Strategy = Literal["unary_only", "joint", "piecewise", "pretrain_joint"]
+_STRATEGIES = ("unary_only", "joint", "piecewise", "pretrain_joint")
+_NEEDS_UNARY = ("piecewise", "pretrain_joint")
+
+#: The paper's Word50 optimiser, used when no ``optimizer`` is configured.
+DEFAULT_LR = 0.01
+DEFAULT_MOMENTUM = 0.95
+
+
+class DeepStructuredModel(pl.LightningModule):
+    """A backbone and a structured head, trained by blending learning and inference.
+
+    Args:
+        backbone: maps ``batch[input_key]`` to the head's features, e.g.
+            ``PerPosition(MLP(784, [1024]))`` (``(B, 5, 1, 28, 28) -> (B, 5, 1024)``) or AlexNet
+            (``(B, 3, 224, 224) -> (B, 4096)``).
+        head: the :class:`StructuredHead` (graph, potentials, message store).
+        optimizer: optimizer factory ``params -> Optimizer`` (LightningCLI: ``class_path`` +
+            ``init_args``); None: SGD with step 0.01 and momentum 0.95 (the paper's Word50).
+        lr_scheduler: optional scheduler factory ``optimizer -> scheduler``; stepped per epoch,
+            monitoring ``scheduler_monitor`` (needed by ``ReduceLROnPlateau``).
+        strategy: ``"unary_only"``, ``"joint"``, ``"piecewise"`` or ``"pretrain_joint"``.
+        unary_checkpoint: path of a Lightning checkpoint (e.g. of a ``unary_only`` run) whose
+            backbone and unary weights initialise ``piecewise`` and ``pretrain_joint`` runs;
+            loaded when fitting starts (not when resuming from this model's own checkpoint).
+        val_sweeps: sweeps from zero messages at validation, test and prediction.
+        input_key: batch key of the backbone's input.
+        l2_weight: explicit 2-norm regulariser weight (0: off; or use the optimizer's
+            ``weight_decay``).
+        linf_bound: infinity-norm bound: parameters are clamped to ``[-linf_bound, linf_bound]``
+            after every optimizer step; None: off.
+        linf_scope: ``"pairwise"`` (non-unary head terms) or ``"all"`` (every trainable
+            parameter).
+        scheduler_monitor: the metric the scheduler watches; None: :attr:`monitor`.
+        log_dual_change: log ``train/dual_change``; it costs one more dual evaluation, done only
+            on the steps Lightning logs (every ``Trainer(log_every_n_steps)``).
+        metrics: ``"auto"`` (the head's ``task_type``), ``"sequence"`` or ``"multilabel"``.
+
+    Raises:
+        TypeError: backbone or head has the wrong type.
+        ValueError: unknown strategy, a strategy that needs ``unary_checkpoint`` without one, or
+            out-of-range numbers.
+    """
+
+    #: Class default; instances set it from the task type (``val/word_acc``, ``val/hamming_error``).
+    monitor: str = "val/loss"
+    #: Whether :attr:`monitor` is to be maximised (``"max"``) or minimised (``"min"``).
+    monitor_mode: str = "min"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: StructuredHead,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        strategy: Strategy = "joint",
+        unary_checkpoint: str | None = None,
+        val_sweeps: int = 10,
+        input_key: str = "image",
+        l2_weight: float = 0.0,
+        linf_bound: float | None = None,
+        linf_scope: Literal["pairwise", "all"] = "pairwise",
+        scheduler_monitor: str | None = None,
+        log_dual_change: bool = True,
+        metrics: Literal["auto", "sequence", "multilabel"] = "auto",
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
+        if not isinstance(head, StructuredHead):
+            raise TypeError(f"head must be a structlight.StructuredHead, got {type(head).__name__}")
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
+        if strategy in _NEEDS_UNARY and not unary_checkpoint:
+            raise ValueError(
+                f"strategy={strategy!r} initialises the backbone and unary from a trained unary "
+                "model: pass unary_checkpoint (the checkpoint of a strategy='unary_only' run)"
+            )
+        if strategy not in _NEEDS_UNARY and unary_checkpoint:
+            rank_zero_warn(
+                f"unary_checkpoint is ignored by strategy={strategy!r} (only 'piecewise' and "
+                "'pretrain_joint' load it)"
+            )
+        if isinstance(val_sweeps, bool) or not isinstance(val_sweeps, int) or val_sweeps < 0:
+            raise ValueError(f"val_sweeps must be an int >= 0, got {val_sweeps!r}")
+        if l2_weight < 0:
+            raise ValueError(f"l2_weight must be >= 0, got {l2_weight}")
+        if linf_bound is not None and not linf_bound > 0:
+            raise ValueError(f"linf_bound must be > 0 or None, got {linf_bound}")
+        if linf_scope not in ("pairwise", "all"):
+            raise ValueError(f"linf_scope must be 'pairwise' or 'all', got {linf_scope!r}")
+        task_type = head.task_type if metrics == "auto" else metrics
+        if task_type not in ("sequence", "multilabel"):
+            raise ValueError(f"metrics must be 'auto', 'sequence' or 'multilabel', got {metrics!r}")
+        self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "lr_scheduler"])
+        self.backbone = backbone
+        self.head = head
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.training_strategy: str = strategy
+        self.unary_checkpoint = unary_checkpoint
+        self.val_sweeps = val_sweeps
+        self.input_key = input_key
+        self.l2_weight = float(l2_weight)
+        self.linf_bound = linf_bound
+        self.linf_scope = linf_scope
+        self.log_dual_change = log_dual_change
+        self.task_type = task_type
+        if task_type == "sequence":
+            self.monitor, self.monitor_mode = "val/word_acc", "max"
+        else:
+            self.monitor, self.monitor_mode = "val/hamming_error", "min"
+        self.scheduler_monitor = scheduler_monitor or self.monitor
+        self.val_metrics = task_metrics(task_type, prefix="val/")
+        self.test_metrics = task_metrics(task_type, prefix="test/")
+        self._unary_loaded = False
+
+        if strategy == "unary_only":
+            with torch.no_grad():
+                for p in head.pairwise_parameters():
+                    p.zero_()
+                    p.requires_grad_(False)
+        elif strategy == "piecewise":
+            for p in self._unary_side_parameters():
+                p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ strategies
+    def _unary_side_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters()) + list(self.head.unary_parameters())
+
+    def _unary_state_keys(self) -> list[str]:
+        prefixes = ("backbone.",) + tuple(f"head.potentials.{n}." for n in self.head.unary_terms)
+        return [k for k in self.state_dict() if k.startswith(prefixes)]
+
+    def load_unary_checkpoint(self, path: str | Path) -> None:
+        """Copy the backbone and unary weights from a checkpoint into this model.
+
+        Args:
+            path: a Lightning checkpoint of a :class:`DeepStructuredModel` with the same backbone
+                and unary (typically a ``unary_only`` run), or a plain ``state_dict`` file with
+                the same keys (``backbone.*``, ``head.potentials.<unary term>.*``).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the checkpoint lacks some of the weights, or their shapes differ.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"unary_checkpoint '{p}' not found; train the unary model first "
+                "(strategy='unary_only') and pass its checkpoint"
+            )
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
+        if not isinstance(state, Mapping):
+            raise ValueError(f"unary_checkpoint '{p}' holds no state_dict")
+        hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, Mapping) else {}
+        if isinstance(hp, Mapping) and hp.get("strategy") not in (None, "unary_only"):
+            rank_zero_warn(
+                f"unary_checkpoint '{p}' comes from a strategy={hp.get('strategy')!r} run, not "
+                "'unary_only'; loading its backbone and unary weights anyway"
+            )
+        keys = self._unary_state_keys()
+        own = self.state_dict()
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(
+                f"unary_checkpoint '{p}' lacks {len(missing)} backbone/unary weights this model "
+                f"needs, e.g. {missing[:5]}; was it trained with the same backbone and head?"
+            )
+        bad = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in keys
+            if tuple(state[k].shape) != tuple(own[k].shape)
+        ]
+        if bad:
+            raise ValueError(f"unary_checkpoint '{p}' has weights of other shapes: {bad[:5]}")
+        self.load_state_dict({k: state[k] for k in keys}, strict=False)
+        self._unary_loaded = True
+
+    def train(self, mode: bool = True) -> DeepStructuredModel:
+        """Set training mode; under ``piecewise`` the frozen backbone and unary stay in eval mode."""
+        super().train(mode)
+        if mode and self.training_strategy == "piecewise":
+            self.backbone.eval()
+            for m in self.head.unary_modules():
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------ store sizing
+    def _uses_store(self) -> bool:
+        return self.training_strategy != "unary_only" and self.head.blend
+
+    def _size_store(self, num_examples: int | None) -> None:
+        if num_examples is None:
+            return
+        if self.head.store.num_examples < num_examples:
+            self.head.store.resize(int(num_examples))
+
+    def setup(self, stage: str) -> None:
+        """Size the message store from the datamodule (``num_train_examples`` or its length)."""
+        if stage != "fit" or not self._uses_store() or self._trainer is None:
+            return
+        dm = self.trainer.datamodule
+        if dm is None:
+            return  # dataloaders passed to fit(): sized in on_train_start
+        n = getattr(dm, "num_train_examples", None)
+        if n is None:
+            try:
+                n = len(dm.train_dataloader().dataset)
+            except (TypeError, AttributeError, NotImplementedError):
+                n = None
+        self._size_store(n)
+
+    def on_fit_start(self) -> None:
+        """Load the unary checkpoint (``piecewise``, ``pretrain_joint``) unless resuming."""
+        if self.training_strategy in _NEEDS_UNARY and not self._unary_loaded:
+            if not self.unary_checkpoint:
+                raise ValueError(f"strategy={self.training_strategy!r} needs unary_checkpoint")
+            self.load_unary_checkpoint(self.unary_checkpoint)
+
+    def on_train_start(self) -> None:
+        """Size the message store from the training dataloader if ``setup`` could not."""
+        if not self._uses_store():
+            return
+        if self.head.store.num_examples > 0:
+            return
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        try:
+            n = len(dataset) if dataset is not None else None
+        except TypeError:
+            n = None
+        if n is None:
+            raise ValueError(
+                "cannot size the message store: the training data has no length; pass "
+                "num_train_examples to the head (or give the datamodule a num_train_examples "
+                "attribute)"
+            )
+        self._size_store(n)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A restored model keeps its own weights: the unary checkpoint is not loaded again."""
+        self._unary_loaded = True
+
+    # ------------------------------------------------------------------ forward
+    def _input(self, batch: Mapping[str, Any]) -> Tensor:
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batches must be dicts, got {type(batch).__name__}")
+        if self.input_key not in batch:
+            raise KeyError(
+                f"the backbone reads batch[{self.input_key!r}], but the batch has keys "
+                f"{sorted(batch)}"
+            )
+        return batch[self.input_key]
+
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Packed potentials of a batch.
+
+        Args:
+            batch: dict with ``batch[input_key]``.
+
+        Returns:
+            ``(B, T)`` potentials (see :class:`structlight.ConvexBP`).
+        """
+        return self.head(self.backbone(self._input(batch)), batch)
+
+    def _regulariser(self) -> Tensor | None:
+        if self.l2_weight == 0.0:
+            return None
+        sq = sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad)
+        return 0.5 * self.l2_weight * sq
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """Forward, message passing on the batch's stored messages, write back, loss."""
+        self.head.labels_from(batch)  # shape errors name the graph before the forward
+        theta = self(batch)
+        b = theta.shape[0]
+        if self.training_strategy == "unary_only":
+            out: StructuredLoss = self.head.independent_loss(theta, self.head.labels_from(batch, b))
+        else:
+            track = self.log_dual_change and self._logs_this_step()
+            out = self.head.training_loss(theta, batch, track_dual_change=track)
+        loss = out.loss.mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log("train/dual", out.dual.mean(), on_step=True, on_epoch=True, batch_size=b)
+        if out.dual_change is not None:
+            self.log("train/dual_change", out.dual_change.mean(), on_step=True, batch_size=b)
+        if self.training_strategy != "unary_only" and not self.head.blend:
+            self.log("train/sweeps", float(out.num_sweeps), on_step=True, batch_size=b)
+        reg = self._regulariser()
+        return loss if reg is None else loss + reg
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes step-level logs at this step (every ``log_every_n_steps``)."""
+        if self._trainer is None:
+            return True
+        every = max(1, int(self.trainer.log_every_n_steps))
+        return (self.global_step + 1) % every == 0
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the infinity-norm projection (if ``linf_bound``)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.linf_bound is None:
+            return
+        params = (
+            self.head.pairwise_parameters() if self.linf_scope == "pairwise" else self.parameters()
+        )
+        with torch.no_grad():
+            for p in params:
+                if p.requires_grad:
+                    p.clamp_(-self.linf_bound, self.linf_bound)
+
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
+        self.head.labels_from(batch)  # shape errors name the graph before the forward
+        theta = self(batch)
+        b = theta.shape[0]
+        labels = self.head.labels_from(batch, b)
+        if self.training_strategy == "unary_only":
+            loss = self.head.independent_loss(theta, labels).loss
+            pred, _ = self.head.predict_independent(theta)
+        else:
+            msgs = self.head.infer(theta, self.val_sweeps)
+            pred, _ = self.head.predict(theta, msgs)
+            if self.head.loss_augmentation:
+                msgs = self.head.infer(self.head.augment(theta.detach(), labels), self.val_sweeps)
+            loss = self.head.structured_loss(theta, labels, msgs)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(pred, labels)
+        self.log(f"{stage}/loss", loss.mean(), on_epoch=True, batch_size=b, sync_dist=True)
+        self.log_dict(metrics, on_epoch=True, batch_size=b)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Inference from zero messages (``val_sweeps`` sweeps), decoding, metrics, ``val/loss``."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """As :meth:`validation_step`, logged under ``test/``."""
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Labels and per-variable marginals.
+
+        Returns:
+            ``{"labels": (B, N) long, "marginals": (B, N, Kmax)}``.
+        """
+        theta = self(batch)
+        if self.training_strategy == "unary_only":
+            labels, marg = self.head.predict_independent(theta)
+        else:
+            labels, marg = self.head.predict(theta, self.head.infer(theta, self.val_sweeps))
+        return {"labels": labels, "marginals": marg}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        """The injected optimizer (and scheduler) over the trainable parameters."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"strategy={self.training_strategy!r} leaves no trainable parameter (is the head "
+                "without pairwise terms under 'piecewise'?)"
+            )
+        if self.optimizer_factory is None:
+            opt = torch.optim.SGD(params, lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
+        else:
+            opt = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return opt
+        sched = self.lr_scheduler_factory(opt)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "monitor": self.scheduler_monitor},
+        }
