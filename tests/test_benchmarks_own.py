@@ -1,0 +1,40 @@
+"""The speed/accuracy scripts of benchmarks/ run end to end on tiny sizes (no timing asserted)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def test_paper_speed_quick(capsys):
+    import paper_speed
+
+    out = paper_speed.main(["--quick"])
+    assert set(out) == {"unary only", "1st order", "2nd order", "MLP pairwise"}
+    assert all(t > 0 for t in out.values())
+    assert "paper / ours" in capsys.readouterr().out
+
+
+def test_blending_quick(tmp_path, capsys):
+    import blending
+
+    res = blending.main(["--quick", "--plot", str(tmp_path / "fig9.png")])
+    assert (tmp_path / "fig9.png").stat().st_size > 1000
+    assert math.isfinite(res["level"]) and res["t_blend"] > 0
+    text = capsys.readouterr().out
+    assert "blended" in text and "double loop" in text
+
+
+def test_time_to_reach_interpolates():
+    import blending
+
+    curve = [(0.0, 10.0, 0, 0), (2.0, 6.0, 0, 5), (4.0, 2.0, 0, 9)]
+    assert blending.time_to_reach(curve, 8.0) == pytest.approx(1.0)
+    assert blending.time_to_reach(curve, 2.0) == pytest.approx(4.0)
+    assert blending.time_to_reach(curve, 1.0) == math.inf
