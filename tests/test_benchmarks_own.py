@@ -38,3 +38,11 @@ def test_time_to_reach_interpolates():
     assert blending.time_to_reach(curve, 8.0) == pytest.approx(1.0)
     assert blending.time_to_reach(curve, 2.0) == pytest.approx(4.0)
     assert blending.time_to_reach(curve, 1.0) == math.inf
+
+
+def test_flickr_step_quick(capsys):
+    import flickr_step
+
+    out = flickr_step.main(["--quick"])
+    assert set(out) == {"backbone fwd+bwd", "head fwd+bwd", "full step"}
+    assert "of the step" in capsys.readouterr().out
