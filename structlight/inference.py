@@ -19,6 +19,8 @@ Layout. A graph is compiled once (per device and dtype) into flat index tensors:
 
 Every step of a block update is then one gather, one ``index_add`` or one reduction over all
 regions of the block at once; there is no Python loop over examples or over the edges of a block.
+All gathers are ``index_select`` on flat or row layouts (advanced indexing is several times slower,
+and so is its backward). Pairwise graphs have a faster layout of their own (``fast_path``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,40 @@ __all__ = ["ConvexBP", "NEG_INF", "Potentials"]
 #: terms stay finite.
 NEG_INF = -1e30
 
+#: Sweeps on the CPU run the pair updates in exp space (DESIGN §1's log-sum-exp as a product of
+#: exponentiated tables and messages, half the exps) from this many states up, where exp dominates.
+EXP_MIN_STATES = 8
+
 Potentials = Sequence[Tensor] | Tensor
+
+
+def _to(v: object, t: object) -> object:
+    """Compiled index arrays become tensors; flags, numbers and spans stay as they are."""
+    return t(v) if isinstance(v, np.ndarray) else v
+
+
+def _clamp(theta: Tensor) -> Tensor:
+    """``theta.clamp_min(NEG_INF)``; on the CPU, ``theta`` itself where nothing is below.
+
+    (Skipping the copy saves its time and the backward's mask; on a GPU the check would cost a
+    device sync, so the clamp always runs there.)
+    """
+    if theta.device.type == "cpu" and (
+        theta.numel() == 0 or not bool(theta.detach().amin() < NEG_INF)
+    ):
+        return theta
+    return theta.clamp_min(NEG_INF)
+
+
+def _lse_shifted(x: Tensor, m: Tensor, dim: int) -> Tensor:
+    """``logsumexp(x, dim)`` given ``m``, the detached max over ``dim`` (kept as a size-1 axis).
+
+    Unlike ``torch.logsumexp`` (whose gradient ``exp(x - lse)`` is unnormalised where ``x``
+    is so large, e.g. near :data:`NEG_INF`, that ``x - lse`` rounds to 0) the gradient is the
+    softmax computed from ``x - m``, so it always sums to 1; the shift is a constant for autograd.
+    """
+    m = torch.where(m.isinf(), 0.0, m)  # as torch.logsumexp: no inf - inf
+    return (x - m).exp().sum(dim).log() + m.squeeze(dim)
 
 
 def _cat_int(parts: list[np.ndarray]) -> np.ndarray:
@@ -51,7 +86,8 @@ def _cat_int(parts: list[np.ndarray]) -> np.ndarray:
 class _Block:
     """Index tensors of one parallel block (see :meth:`ConvexBP._compile_block`)."""
 
-    xpos: Tensor  # (n_x,) theta positions of the parents' tables, one copy per block edge
+    xpos: Tensor  # (n_x + 1,) theta positions of the parents' tables, one copy per block edge,
+    # then T (the -inf column appended to theta)
     xadd_tgt: Tensor  # incoming messages of the parents (except from the block region)
     xadd_src: Tensor
     xsub_tgt: Tensor  # outgoing messages of the parents
@@ -71,39 +107,62 @@ class _Block:
 
 @dataclass
 class _DenseBlock:
-    """Index tensors of one parallel block on the pairwise fast path."""
+    """Index tensors of one parallel block on the pairwise fast path.
 
-    o_idx: Tensor  # (P, K, K) theta positions of each incident pair table, block variable first
-    other: Tensor  # (P,) dense message slot of the pair's other end
-    own: Tensor  # (P,) dense message slot written by this block
-    node_idx: Tensor  # (S, K) theta positions of the block's singleton tables
-    node_pos: Tensor  # (P,) position in the block of the singleton of each incident pair
-    chat: Tensor  # (P, 1) ĉ of each pair
-    inv: Tensor  # (P, 1, 1) 1 / ĉ (1 where ĉ = 0)
-    weight: Tensor  # (P, 1) c_e / (c_i + sum_e' c_e')
-    mask: Tensor  # (P, K) 1 for real states of the block variable, 0 for padding
+    ``P`` counts the (block node, incident pair) messages of the block, ``S`` its nodes. Slots
+    are in sweep order (see :class:`_Dense`), so the block's own messages are slots start..stop.
+    """
+
+    start: int  # the block writes slots start..stop; its pair tables: the same rows of tabs
+    stop: int
+    other: Tensor  # (P,) slot of the message from the pair's other end
+    nodes: Tensor  # (S,) the block's variables (rows of the node tables)
+    node_pos: Tensor  # (P,) position in the block of the node sending each message
+    chat: Tensor  # (P, 1, 1) ĉ of each pair
+    inv: Tensor  # (P, 1, 1, 1) 1 / ĉ (1 where ĉ = 0)
+    weight: Tensor | float  # (P, 1, 1) c_e / (c_i + sum_e' c_e'), or one number for all
+    mask: Tensor  # (P, K, 1) 1 for real states of the block variable, 0 for padding
     all_pos: bool
     all_zero: bool
     unit: bool  # all ĉ = 1: no temperature scaling needed
-    padded: bool  # some variable has fewer than K states
+    single: bool  # one node in the block: its messages' sum is a plain sum over dim 0
 
 
 @dataclass
 class _Dense:
-    """The pairwise fast path: messages as ``(B, 2E, K)``, slot ``2e + s`` from end ``s`` of pair e."""
+    """The pairwise fast path: batch-last messages ``(S, K, B)``, one slot per message.
+
+    Slots are in sweep order: block by block, within a block node by node, each node's pairs in
+    parent order; ``from_general``/``to_general`` convert from/to the general ``(B, M)`` layout
+    (a plain transpose where the orders agree, ``in_order``). Node and pair tables are rows of
+    the transposed packed potentials ``(T, B)``. With mixed state counts everything is padded to
+    ``Kmax`` (padding: ``NEG_INF`` scores, zero messages).
+    """
 
     blocks: list[_DenseBlock]
-    from_general: Tensor  # (2E, K) positions in [lam, 0] of each dense message entry
-    to_general: Tensor  # (M,) flat dense position of each general message entry
-    node_rows: Tensor  # (N, K) theta positions of the singleton tables (padding: NEG_INF column)
-    pair_tab: Tensor  # (E, K, K) theta positions of the pair tables, in region tuple order
-    slot_var: Tensor  # (2E,) variable at end s of pair e, for slot 2e + s
+    uniform: bool  # one state count: no padding
+    in_order: bool  # uniform, and the sweep order of the slots is the general order
+    tab_rows: Tensor  # (P_all*K*K,) theta positions of the oriented pair tables, block by block
+    tab_local: Tensor  # (P_all*K*K,) the same as rows of the (E*K*K, B) pair tables (one K)
+    msg_pair: Tensor  # (P_all,) pair of each message (slot order)
+    exp_space: bool  # sweeps may run in exp space (one K >= EXP_MIN_STATES, all ĉ = 1)
+    node_flat: Tensor  # (N*K,) theta positions of the singleton tables (padding: T)
+    pair_flat: Tensor  # (E*K*K,) theta positions of the pair tables, in region tuple order
+    node_span: tuple[int, int] | None  # (start, stop) if node_flat is a contiguous range
+    pair_span: tuple[int, int] | None  # the same for pair_flat
+    from_general: Tensor  # (S*K,) positions in [lam, 0] of each (padded) slot entry
+    to_general: Tensor  # (M,) (padded) slot position of each general message entry
+    slot_var: Tensor  # (S,) variable sending the message of each slot
+    end0: Tensor  # (E,) slot of the message from the first variable of each pair
+    end1: Tensor  # (E,) slot of the message from the second variable
+    num_vars: int
+    kmax: int
     node_chat: Tensor  # (N,)
     node_inv: Tensor  # (N, 1)
     pair_chat: Tensor  # (E,)
     pair_inv: Tensor  # (E, 1)
-    node_flags: tuple[bool, bool]  # (all ĉ > 0, all ĉ = 0) over singletons
-    pair_flags: tuple[bool, bool]  # the same over pairs
+    node_flags: tuple[bool, bool, bool]  # (all ĉ > 0, all ĉ = 0, all ĉ = 1) over singletons
+    pair_flags: tuple[bool, bool, bool]  # the same over pairs
 
 
 @dataclass
@@ -135,9 +194,12 @@ class ConvexBP:
         eps: temperature ``eps >= 0``; ``eps = 1`` gives the (approximate) log-partition of a CRF,
             ``eps = 0`` max-product for the structured hinge loss.
         fast_path: on pairwise graphs (singletons and pairs, every pair's children its two
-            singletons), run sweeps on a dense ``(B, 2E, K)`` message layout with dense
-            ``(B, P, K, K)`` pair tables instead of the general index layout. Same updates, same
-            schedule, same results (up to rounding); see :attr:`uses_fast_path`.
+            singletons), run sweeps, the dual and variable beliefs on a dense batch-last layout
+            (messages ``(S, K, B)``, oriented pair tables ``(P, K, K, B)``) instead of the general
+            index layout; on the CPU, with ``K >= EXP_MIN_STATES`` states and ``ĉ = 1``, sweeps
+            run in exp space (with a log-space redo of any block where that would underflow).
+            Same updates, same schedule, same results (up to rounding); see
+            :attr:`uses_fast_path`.
 
     All methods take potentials either as a list of ``num_regions`` tensors, region ``r`` of
     shape ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts over the batch, e.g. a shared
@@ -229,7 +291,7 @@ class ConvexBP:
             chat = np.concatenate(mu_chat)
             blocks.append(
                 dict(
-                    xpos=_cat_int(xpos),
+                    xpos=_cat_int([*xpos, np.array([self.num_entries])]),  # + -inf pad
                     xadd_tgt=_cat_int(xat),
                     xadd_src=_cat_int(xas),
                     xsub_tgt=_cat_int(xst),
@@ -329,87 +391,132 @@ class ConvexBP:
         pair_pos = {p: e for e, p in enumerate(pairs)}
         ks = g.num_states
         kmax = max(ks)
-        t_pad = self.num_entries  # the NEG_INF column appended to theta
+        uniform = len(set(ks)) == 1
+        t_pad = self.num_entries  # the NEG_INF column appended to theta (mixed K only)
         off = self._offsets
-        # oriented pair tables: slot 2e+s has the variable at end s on the rows
-        oriented = np.full((2 * len(pairs), kmax, kmax), t_pad, dtype=np.int64)
+        num_slots = len(self._edges)
+        # table of pair e in tuple order, padded to (Kmax, Kmax)
+        pair_tab = np.full((len(pairs), kmax, kmax), t_pad, dtype=np.int64)
         for e, p in enumerate(pairs):
             a, b = g.regions[p]
-            tab = off[p] + np.arange(ks[a] * ks[b]).reshape(ks[a], ks[b])
-            oriented[2 * e, : ks[a], : ks[b]] = tab
-            oriented[2 * e + 1, : ks[b], : ks[a]] = tab.T
+            pair_tab[e, : ks[a], : ks[b]] = off[p] + np.arange(ks[a] * ks[b]).reshape(ks[a], ks[b])
         node_rows = np.full((g.num_vars, kmax), t_pad, dtype=np.int64)
         for v in range(g.num_vars):
             node_rows[v, : ks[v]] = off[node[v]] + np.arange(ks[v])
-        m_pad = self.num_message_entries
-        from_general = np.full((2 * len(pairs), kmax), m_pad, dtype=np.int64)
+
+        def span(flat: np.ndarray) -> tuple[int, int] | None:
+            start = int(flat[0])
+            ok = uniform and np.array_equal(flat, start + np.arange(flat.size))
+            return (start, start + flat.size) if ok else None
+
+        # slots: one per message, in sweep order (block by block, so that the messages a block
+        # writes are one contiguous range); padded to Kmax for mixed state counts
+        order = [
+            self._edge_id[(r, p)] for block in self._schedule for r in block for p in g.parents(r)
+        ]
+        from_general = np.full((num_slots, kmax), self.num_message_entries, dtype=np.int64)
         to_general = np.zeros(self.num_message_entries, dtype=np.int64)
-        for e, p in enumerate(pairs):
-            for side, v in enumerate(g.regions[p]):
-                k = ks[v]
-                start = self._msg_offsets[self._edge_id[(node[v], p)]]
-                from_general[2 * e + side, :k] = start + np.arange(k)
-                to_general[start : start + k] = (2 * e + side) * kmax + np.arange(k)
+        slot_var = np.zeros(num_slots, dtype=np.int64)
+        slot = {}  # (variable, pair region) -> slot
+        for q, s in enumerate(order):
+            c, p = self._edges[s]
+            v = g.regions[c][0]
+            k = ks[v]
+            start = self._msg_offsets[s]
+            from_general[q, :k] = start + np.arange(k)
+            to_general[start : start + k] = q * kmax + np.arange(k)
+            slot_var[q] = v
+            slot[(v, p)] = q
+        end0 = np.array([slot[(g.regions[p][0], p)] for p in pairs], dtype=np.int64)
+        end1 = np.array([slot[(g.regions[p][1], p)] for p in pairs], dtype=np.int64)
         counting = g.counting_numbers
         blocks = []
+        tab_rows = []  # oriented table of each message: [y_j, y_i], i sending, j the other end
+        msg_pair = []
         for block in self._schedule:
-            o_idx, other, own, node_pos, chat, weight, mask = [], [], [], [], [], [], []
-            node_idx = []
+            other, node_pos, chat, weight, mask = [], [], [], [], []
+            start = len(tab_rows)
+            nodes = []
             for i, r in enumerate(block):
                 v = g.regions[r][0]
-                node_idx.append(node_rows[v])
+                nodes.append(v)
                 parents = g.parents(r)
                 denom = counting[r] + sum(counting[p] for p in parents)
                 for p in parents:
                     e = pair_pos[p]
                     side = g.regions[p].index(v)
-                    o_idx.append(oriented[2 * e + side])
-                    own.append(2 * e + side)
-                    other.append(2 * e + 1 - side)
+                    u = g.regions[p][1 - side]
+                    tab_rows.append(pair_tab[e].T if side == 0 else pair_tab[e])
+                    msg_pair.append(e)
+                    assert slot[(v, p)] == len(tab_rows) - 1  # own slots: start..stop
+                    other.append(slot[(u, p)])
                     node_pos.append(i)
                     chat.append(self._chat[p])
                     weight.append(counting[p] / denom if denom > 0 else 1.0 / (len(parents) + 1))
                     mask.append(np.arange(kmax) < ks[v])
             chat_a = np.array(chat, dtype=np.float64)
             inv = np.where(chat_a > 0, 1.0 / np.where(chat_a > 0, chat_a, 1.0), 1.0)
+            w = np.array(weight, dtype=np.float64)
             blocks.append(
                 dict(
-                    o_idx=np.stack(o_idx),
+                    start=start,
+                    stop=len(tab_rows),
                     other=np.array(other, dtype=np.int64),
-                    own=np.array(own, dtype=np.int64),
-                    node_idx=np.stack(node_idx),
+                    nodes=np.array(nodes, dtype=np.int64),
                     node_pos=np.array(node_pos, dtype=np.int64),
-                    chat=chat_a[:, None],
-                    inv=inv[:, None, None],
-                    weight=np.array(weight, dtype=np.float64)[:, None],
-                    mask=np.stack(mask).astype(np.float64),
+                    chat=chat_a[:, None, None],
+                    inv=inv[:, None, None, None],
+                    weight=float(w[0]) if np.all(w == w[0]) else w[:, None, None],
+                    mask=np.stack(mask)[:, :, None].astype(np.float64),
                     all_pos=bool((chat_a > 0).all()),
                     all_zero=bool((chat_a == 0).all()),
                     unit=bool((chat_a == 1).all()),
-                    padded=len(set(ks)) > 1,
+                    single=len(block) == 1,
                 )
             )
-        pair_tab = oriented[0::2]
-        slot_var = np.array([g.regions[p][s] for p in pairs for s in (0, 1)], dtype=np.int64)
         node_chat = self._chat[[node[v] for v in range(g.num_vars)]]
         pair_chat = self._chat[pairs]
 
         def inv(c: np.ndarray) -> np.ndarray:
             return np.where(c > 0, 1.0 / np.where(c > 0, c, 1.0), 1.0)[:, None]
 
+        tab_all = np.stack(tab_rows).reshape(-1)
+        pair_flat = pair_tab.reshape(-1)
+        pair_sorted = np.sort(pair_flat)  # one K: pair_tab is then a permutation of a range
+        if uniform:
+            assert np.array_equal(pair_flat[np.argsort(pair_flat)], pair_sorted)
+            order_pf = np.argsort(pair_flat)
+            tab_local = order_pf[np.searchsorted(pair_sorted, tab_all)]
+            assert np.array_equal(pair_flat[tab_local], tab_all)
+
+        def flags(c: np.ndarray) -> tuple[bool, bool, bool]:
+            return bool((c > 0).all()), bool((c == 0).all()), bool((c == 1).all())
+
         return dict(
             blocks=blocks,
-            from_general=from_general,
+            uniform=uniform,
+            tab_local=tab_local if uniform else tab_all * 0,
+            msg_pair=np.array(msg_pair, dtype=np.int64),
+            exp_space=uniform and kmax >= EXP_MIN_STATES and bool((self._chat[pairs] == 1).all()),
+            in_order=uniform and order == list(range(num_slots)),
+            tab_rows=tab_all,
+            node_flat=node_rows.reshape(-1),
+            pair_flat=pair_tab.reshape(-1),
+            node_span=span(node_rows.reshape(-1)),
+            pair_span=span(pair_tab.reshape(-1)),
+            from_general=from_general.reshape(-1),
             to_general=to_general,
-            node_rows=node_rows,
-            pair_tab=pair_tab,
             slot_var=slot_var,
+            end0=end0,
+            end1=end1,
+            num_vars=g.num_vars,
+            kmax=kmax,
             node_chat=node_chat,
             node_inv=inv(node_chat),
             pair_chat=pair_chat,
             pair_inv=inv(pair_chat),
-            node_flags=(bool((node_chat > 0).all()), bool((node_chat == 0).all())),
-            pair_flags=(bool((pair_chat > 0).all()), bool((pair_chat == 0).all())),
+            node_flags=flags(node_chat),
+            pair_flags=flags(pair_chat),
         )
 
     def _compiled(self, device: torch.device, dtype: torch.dtype) -> _Compiled:
@@ -434,13 +541,8 @@ class ConvexBP:
         if self._np_dense is not None:
             nd = self._np_dense
             dense = _Dense(
-                blocks=[
-                    _DenseBlock(**{k: (v if isinstance(v, bool) else t(v)) for k, v in b.items()})
-                    for b in nd["blocks"]
-                ],
-                **{
-                    k: (v if isinstance(v, tuple) else t(v)) for k, v in nd.items() if k != "blocks"
-                },
+                blocks=[_DenseBlock(**{k: _to(v, t) for k, v in b.items()}) for b in nd["blocks"]],
+                **{k: _to(v, t) for k, v in nd.items() if k != "blocks"},
             )
         comp = _Compiled(
             blocks=blocks,
@@ -472,6 +574,9 @@ class ConvexBP:
             TypeError: ``pots`` is neither a tensor nor a sequence of tensors.
             ValueError: wrong number of tables, wrong shape, or inconsistent batch sizes.
         """
+        return self._pack(pots, batch_size).clamp_min(NEG_INF)
+
+    def _pack(self, pots: Potentials, batch_size: int | None = None) -> Tensor:
         g = self.graph
         if isinstance(pots, Tensor):
             if pots.dim() != 2 or pots.shape[1] != self.num_entries:
@@ -517,7 +622,11 @@ class ConvexBP:
                     f"potentials have batch size {theta.shape[0]}, messages {batch_size}"
                 )
             theta = theta.expand(batch_size, -1)
-        return theta.clamp_min(NEG_INF)
+        return theta
+
+    def _theta(self, pots: Potentials, batch_size: int | None = None) -> Tensor:
+        """:meth:`pack` without the copy where nothing needs clamping (the methods' input)."""
+        return _clamp(self._pack(pots, batch_size))
 
     def init_messages(
         self,
@@ -549,7 +658,7 @@ class ConvexBP:
     def _prepare(self, pots: Potentials, msgs: Tensor) -> Tensor:
         if not isinstance(msgs, Tensor):
             raise TypeError(f"messages must be a tensor, got {type(msgs).__name__}")
-        theta = self.pack(pots, batch_size=msgs.shape[0] if msgs.dim() == 2 else None)
+        theta = self._theta(pots, batch_size=msgs.shape[0] if msgs.dim() == 2 else None)
         self._check_msgs(theta, msgs)
         return theta
 
@@ -562,7 +671,8 @@ class ConvexBP:
         """
         if all_zero:
             return v.amax(dim=-1)
-        lse = torch.logsumexp(v * inv, dim=-1) * chat
+        xs = v * inv
+        lse = _lse_shifted(xs, xs.detach().amax(dim=-1, keepdim=True), -1) * chat
         if all_pos:
             return lse
         return torch.where(chat > 0, lse, v.amax(dim=-1))
@@ -581,51 +691,162 @@ class ConvexBP:
         theta = self._prepare(pots, msgs)
         with torch.no_grad():
             theta = theta.detach()
-            lam = msgs.detach().clone()
             comp = self._compiled(theta.device, theta.dtype)
             if comp.dense is not None:
-                return self._sweep_dense(theta, lam, comp.dense)
-            neg = theta.new_full((theta.shape[0], 1), float("-inf"))
+                return self._sweep_dense(theta, msgs.detach(), comp.dense)
+            lam = msgs.detach().clone()
+            b = theta.shape[0]
+            # one -inf column at position T: the padding of the mu rows points there
+            theta = torch.cat([theta, theta.new_full((b, 1), float("-inf"))], dim=1)
             for blk in comp.blocks:
+                # x = fhat_p - lam[r->p] for every parent p of a block region r (DESIGN §1),
+                # one copy of the parent's table per (r, p), then the -inf padding entry
                 x = theta.index_select(1, blk.xpos)
                 if blk.xadd_tgt.numel():
                     x.index_add_(1, blk.xadd_tgt, lam.index_select(1, blk.xadd_src))
                 if blk.xsub_tgt.numel():
                     x.index_add_(1, blk.xsub_tgt, lam.index_select(1, blk.xsub_src), alpha=-1)
-                x = torch.cat([x, neg], dim=1)
-                mu = self._soft_max(
-                    x[:, blk.mu_idx], blk.mu_chat, blk.mu_inv, blk.mu_all_pos, blk.mu_all_zero
-                )
+                # mu[p->r](y_r): soft-max of x over the parent states projecting onto y_r
+                rows = x.index_select(1, blk.mu_idx.view(-1)).view(b, *blk.mu_idx.shape)
+                mu = self._soft_max(rows, blk.mu_chat, blk.mu_inv, blk.mu_all_pos, blk.mu_all_zero)
+                # a = f_r + sum_c lam[c->r] + sum_p mu[p->r]; lam[r->p] = w_p a - mu[p->r]
                 a = theta.index_select(1, blk.apos)
                 if blk.aadd_tgt.numel():
                     a.index_add_(1, blk.aadd_tgt, lam.index_select(1, blk.aadd_src))
                 a.index_add_(1, blk.mu_tgt, mu)
-                lam[:, blk.msg_pos] = a.index_select(1, blk.mu_tgt) * blk.weight - mu
+                lam.index_copy_(1, blk.msg_pos, a.index_select(1, blk.mu_tgt) * blk.weight - mu)
         return lam
 
-    def _sweep_dense(self, theta: Tensor, lam: Tensor, dense: _Dense) -> Tensor:
+    # The pairwise fast path works "batch-last": tables (P, K, K, B), messages (S, K, B) and
+    # node scores (N, K, B), so that every elementwise op and every reduction over states runs
+    # over contiguous chunks of K*B numbers (batch-first, small state counts would leave
+    # innermost axes of 2..26 entries, where CPU kernels crawl), and every gather of messages
+    # or tables is an index_select of whole (K, B) or (K, K, B) chunks along dim 0.
+    @staticmethod
+    def _dense_tables(theta: Tensor, d: _Dense, rows: Tensor | None = None) -> list[Tensor]:
+        """Singleton ``(N, K, B)`` tables, then pair ``(E, K, K, B)`` tables in tuple order or,
+        given ``rows``, the ``(n, K, K, B)`` tables at those theta positions; transposes theta once.
+        """
+        b, k = theta.shape[0], d.kmax
+        if d.uniform:
+            tt = theta.t().contiguous()  # (T, B)
+        else:  # with a NEG_INF row at T for the padding
+            tt = torch.cat([theta, theta.new_full((b, 1), NEG_INF)], dim=1).t().contiguous()
+
+        def take(flat: Tensor, span: tuple[int, int] | None) -> Tensor:
+            if span is not None:
+                return tt[span[0] : span[1]]
+            if b == 1:  # a flat gather is far faster than one of rows of 1
+                return tt.view(-1).index_select(0, flat)
+            return tt.index_select(0, flat)
+
+        nodes = take(d.node_flat, d.node_span).view(-1, k, b)
+        pairs = take(d.pair_flat, d.pair_span) if rows is None else take(rows, None)
+        return [nodes, pairs.view(-1, k, k, b)]
+
+    @staticmethod
+    def _slots(msgs: Tensor, d: _Dense) -> Tensor:
+        """Messages ``(B, M)`` as slots ``(S, K, B)``: a new tensor, padded for mixed K."""
+        b = msgs.shape[0]
+        if not d.uniform:
+            msgs = torch.cat([msgs, msgs.new_zeros(b, 1)], dim=1)
+        if b == 1:
+            mt = msgs.view(-1).index_select(0, d.from_general)
+        else:
+            mt = msgs.t().contiguous()  # (M, B)
+            mt = mt if d.in_order else mt.index_select(0, d.from_general)
+        return mt.view(-1, d.kmax, b)
+
+    @staticmethod
+    def _tree_max(x: Tensor, dim: int) -> Tensor:
+        """``x.amax(dim, keepdim=True)`` by halving with ``maximum`` (far faster on CPU); new."""
+        k = x.shape[dim]
+        if k == 1:
+            return x.clone()
+        while k > 1:
+            h = (k + 1) // 2
+            x = torch.maximum(x.narrow(dim, 0, h), x.narrow(dim, k - h, h))
+            k = h
+        return x
+
+    def _update_log(self, v: Tensor, lo: Tensor, blk: _DenseBlock, k: int) -> Tensor:
+        """``mu[e->i]`` of a block's messages in log space (DESIGN §1); ``v`` is overwritten.
+
+        ``v[p, y_j, y_i] = f_e(y_i, y_j)`` for the p-th pair ``e = (i, j)`` at a block node
+        ``i``, ``lo[p] = lam[j->e]``: ``v + lo`` is the pair's fhat without the block's own message,
+        and ``mu[e->i](y_i) = ĉ_e log sum_{y_j} exp((v + lo) / ĉ_e)`` (max if ĉ_e = 0), (P, K, B).
+        """
+        v += lo.unsqueeze(2)
+        if not (blk.unit or blk.all_zero):
+            v *= blk.inv
+        if k == 2 and not blk.all_zero:
+            # two states: m + log(1 + exp(-|v_0 - v_1|)), the same formula with half the exps
+            m = torch.maximum(v[:, 0], v[:, 1])
+            mu = torch.sub(v[:, 0], v[:, 1]).abs_().neg_().exp_().add_(1).log_().add_(m)
+            m = m.unsqueeze(1)
+        else:
+            m = self._tree_max(v, 1)
+            mu = m.squeeze(1) if blk.all_zero else v.sub_(m).exp_().sum(1).log_().add_(m[:, 0])
+        if not blk.all_zero:
+            if not blk.unit:
+                mu = mu * blk.chat
+            if not blk.all_pos:
+                mu = torch.where(blk.chat > 0, mu, m.squeeze(1))
+        return mu
+
+    def _sweep_dense(self, theta: Tensor, msgs: Tensor, d: _Dense) -> Tensor:
         """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
         b = theta.shape[0]
-        theta = torch.cat([theta, theta.new_full((b, 1), NEG_INF)], dim=1)
-        lamd = torch.cat([lam, lam.new_zeros(b, 1)], dim=1)[:, dense.from_general]
-        for blk in dense.blocks:
-            # v[b, i, y_i, y_j] = f_e(y_i, y_j) + lam[j->e](y_j) for every pair e at a block node i
-            v = theta[:, blk.o_idx] + lamd[:, blk.other].unsqueeze(2)
-            if blk.all_zero:
-                mu = v.amax(dim=-1)
-            elif blk.unit:
-                mu = torch.logsumexp(v, dim=-1)
+        lam = self._slots(msgs, d)  # (S, K, B), a copy: the input stays as is
+        if d.exp_space and theta.device.type == "cpu":
+            # exp space: with c_e = max f_e and m = max_{y_j} lam[j->e],
+            #   mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j),
+            # E_e = exp(f_e - c_e) once per sweep, x = exp(lam[j->e] - m) per block. Where a sum
+            # comes out too small to be exact (exp underflow), the block redoes it in log space.
+            nodes, pairs = self._dense_tables(theta, d)
+            pairs = pairs.view(pairs.shape[0], -1, b)  # (E, K*K, B)
+            c = self._tree_max(pairs, 1)  # (E, 1, B)
+            etab = (pairs - c).exp_().view(-1, b).index_select(0, d.tab_local)
+            etab = etab.view(-1, d.kmax, d.kmax, b)  # as tabs below, exponentiated
+            c_msg = c.view(-1, b).index_select(0, d.msg_pair).unsqueeze(1)  # (P_all, 1, B)
+            tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
+            tt = None
+        else:
+            # tabs[q, y_j, y_i, b] = f_e(y_i, y_j) for the q-th message lam[i->e] of the sweep
+            # (e = (i, j)); a fresh copy, and each message is updated once: updated in place
+            nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
+            etab = None
+        k2 = d.kmax * d.kmax
+        for blk in d.blocks:
+            lo = lam.index_select(0, blk.other)  # lam[j->e](y_j), (P, K, B)
+            mu = None
+            if etab is not None:
+                m = self._tree_max(lo, 1)
+                x = (lo - m).exp_().unsqueeze(2)
+                s = etab[blk.start : blk.stop].mul_(x).sum(1)
+                if not bool(s.amin() < tiny):
+                    mu = s.log_().add_(c_msg[blk.start : blk.stop]).add_(m)
+                else:  # the log-space update below, on this block's tables
+                    if tt is None:
+                        tt = theta.t().contiguous()  # (T, B)
+                    rows = d.tab_rows[blk.start * k2 : blk.stop * k2]
+                    v = tt.index_select(0, rows).view(-1, d.kmax, d.kmax, b)
             else:
-                mu = torch.logsumexp(v * blk.inv, dim=-1) * blk.chat
-                if not blk.all_pos:
-                    mu = torch.where(blk.chat > 0, mu, v.amax(dim=-1))
-            a = theta[:, blk.node_idx]
-            a.index_add_(1, blk.node_pos, mu)
-            new = a[:, blk.node_pos] * blk.weight - mu
-            if blk.padded:
-                new = new * blk.mask
-            lamd[:, blk.own] = new
-        return lamd.reshape(b, -1)[:, dense.to_general]
+                v = tabs[blk.start : blk.stop]
+            if mu is None:
+                mu = self._update_log(v, lo, blk, d.kmax)
+            # a_i = f_i + sum_{e at i} mu[e->i];  lam[i->e] = w_e a_i - mu[e->i]
+            a = nodes.index_select(0, blk.nodes)
+            if blk.single:
+                new = (a + mu.sum(0, keepdim=True)) * blk.weight - mu
+            else:
+                a.index_add_(0, blk.node_pos, mu)
+                new = a.index_select(0, blk.node_pos).mul_(blk.weight).sub_(mu)
+            if not d.uniform:
+                new *= blk.mask  # padding states send 0
+            lam[blk.start : blk.stop] = new
+        lam = lam.view(-1, b)
+        return (lam if d.in_order else lam.index_select(0, d.to_general)).t().contiguous()
 
     def run(
         self,
@@ -648,7 +869,7 @@ class ConvexBP:
             ``(num_done, B)``; with ``tol=None`` the duals are not computed (``(0, B)``).
         """
         with torch.no_grad():
-            theta = self.pack(pots, batch_size=None if msgs is None else msgs.shape[0])
+            theta = self._theta(pots, batch_size=None if msgs is None else msgs.shape[0])
             if msgs is None:
                 msgs = self.init_messages(theta.shape[0], theta.dtype, theta.device)
             duals = []
@@ -677,7 +898,8 @@ class ConvexBP:
     def _padded(self, fhat: Tensor) -> tuple[Tensor, _Compiled]:
         comp = self._compiled(fhat.device, fhat.dtype)
         neg = fhat.new_full((fhat.shape[0], 1), float("-inf"))
-        return torch.cat([fhat, neg], dim=1)[:, comp.pad_idx], comp
+        pad = torch.cat([fhat, neg], dim=1).index_select(1, comp.pad_idx.view(-1))
+        return pad.view(fhat.shape[0], *comp.pad_idx.shape), comp
 
     def dual(self, pots: Potentials, msgs: Tensor) -> Tensor:
         """The dual ``D(lam) = sum_r ĉ_r log sum_{y_r} exp(fhat_r(y_r) / ĉ_r)``.
@@ -692,28 +914,53 @@ class ConvexBP:
         theta = self._prepare(pots, msgs)
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
-            nodes, pairs = self._dense_fhat(theta, msgs, comp.dense)
             d = comp.dense
-            b = theta.shape[0]
-            return self._soft_max(nodes, d.node_chat, d.node_inv, *d.node_flags).sum(1) + (
-                self._soft_max(
-                    pairs.reshape(b, pairs.shape[1], -1), d.pair_chat, d.pair_inv, *d.pair_flags
-                ).sum(1)
+            nodes, pairs = self._dense_fhat(theta, msgs, d)
+            k = d.kmax
+            pairs = pairs.view(pairs.shape[0], k * k, -1)
+            node_d = self._soft_max1(
+                nodes, d.node_chat[:, None], d.node_inv[..., None], d.node_flags
             )
+            pair_d = self._soft_max1(
+                pairs, d.pair_chat[:, None], d.pair_inv[..., None], d.pair_flags
+            )
+            return node_d.sum(0) + pair_d.sum(0)
         pad, comp = self._padded(self.reparameterize(theta, msgs))
         per_region = self._soft_max(pad, comp.chat, comp.inv, comp.all_pos, comp.all_zero)
         return per_region.sum(dim=1)
 
-    @staticmethod
-    def _dense_fhat(theta: Tensor, msgs: Tensor, d: _Dense) -> tuple[Tensor, Tensor]:
-        """Reparameterised singleton ``(B, N, K)`` and pair ``(B, E, K, K)`` tables (fast path)."""
-        b = theta.shape[0]
-        theta = torch.cat([theta, theta.new_full((b, 1), NEG_INF)], dim=1)
-        lamd = torch.cat([msgs, msgs.new_zeros(b, 1)], dim=1)[:, d.from_general]  # (B, 2E, K)
-        nodes = theta[:, d.node_rows].index_add(1, d.slot_var, lamd, alpha=-1)
-        lam2 = lamd.view(b, -1, 2, lamd.shape[-1])
-        pairs = theta[:, d.pair_tab] + lam2[:, :, 0, :, None] + lam2[:, :, 1, None, :]
-        return nodes, pairs
+    @classmethod
+    def _soft_max1(
+        cls, x: Tensor, chat: Tensor, inv: Tensor, flags: tuple[bool, bool, bool]
+    ) -> Tensor:
+        """``ĉ * logsumexp(x / ĉ)`` over dim 1 (``max`` where ``ĉ = 0``), differentiable.
+
+        ``x``: ``(n, K, B)``; ``chat``: ``(n, 1)``; ``inv``: ``(n, 1, 1)``; ``flags``: all ĉ > 0,
+        all ĉ = 0, all ĉ = 1.
+        """
+        all_pos, all_zero, unit = flags
+        if all_zero:
+            return x.amax(dim=1)
+        xs = x if unit else x * inv
+        lse = _lse_shifted(xs, cls._tree_max(xs.detach(), 1), 1)
+        if unit:
+            return lse
+        lse = lse * chat
+        return lse if all_pos else torch.where(chat > 0, lse, x.amax(dim=1))
+
+    def _dense_fhat(self, theta: Tensor, msgs: Tensor, d: _Dense) -> tuple[Tensor, Tensor]:
+        """Reparameterised singleton ``(N, K, B)`` and pair ``(E, K, K, B)`` tables (fast path).
+
+        ``fhat_i = f_i - sum_{e at i} lam[i->e]`` and ``fhat_e(y_a, y_b) = f_e(y_a, y_b)
+        + lam[a->e](y_a) + lam[b->e](y_b)`` (DESIGN §1), batch-last; differentiable.
+        """
+        nodes, pairs = self._dense_tables(theta, d)
+        lam = self._slots(msgs, d)  # (S, K, B)
+        # (f + lam_a) + lam_b, the general path's order of additions (same rounding)
+        fpair = pairs + lam.index_select(0, d.end0).unsqueeze(2)
+        fpair = fpair + lam.index_select(0, d.end1).unsqueeze(1)
+        fnode = nodes.index_add(0, d.slot_var, lam, alpha=-1)
+        return fnode, fpair
 
     def _padded_beliefs(self, pots: Potentials, msgs: Tensor) -> tuple[Tensor, _Compiled]:
         pad, comp = self._padded(self.reparameterize(pots, msgs))
@@ -748,8 +995,8 @@ class ConvexBP:
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
             d = comp.dense
-            nodes, _ = self._dense_fhat(theta, msgs, d)
-            all_pos, all_zero = d.node_flags
+            nodes = self._dense_fhat(theta, msgs, d)[0].permute(2, 0, 1)
+            all_pos, all_zero, _ = d.node_flags
             soft = torch.softmax(nodes * d.node_inv, dim=-1) if not all_zero else None
             if all_pos:
                 return soft
@@ -760,7 +1007,7 @@ class ConvexBP:
         flat = pad.reshape(b, -1).index_select(1, comp.var_src)
         nv = int(sum(self.graph.num_states))
         out = pad.new_zeros(b, nv + 1).index_add(1, comp.var_tgt, flat)
-        return out[:, comp.var_pad_idx]
+        return out.index_select(1, comp.var_pad_idx.view(-1)).view(b, *comp.var_pad_idx.shape)
 
     def decode(self, pots: Potentials, msgs: Tensor) -> Tensor:
         """Marginal decoding: argmax of each variable's belief.
@@ -791,7 +1038,7 @@ class ConvexBP:
         if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.shape[1] != g.num_vars:
             shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValueError(f"labels must have shape (B, {g.num_vars}), got {shape}")
-        theta = self.pack(pots, batch_size=labels.shape[0])
+        theta = self._pack(pots, batch_size=labels.shape[0])
         if theta.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"labels have batch size {labels.shape[0]} but potentials {theta.shape[0]}"
@@ -799,10 +1046,16 @@ class ConvexBP:
         comp = self._compiled(theta.device, theta.dtype)
         labels = labels.long().to(theta.device)
         ks = torch.as_tensor(g.num_states, device=theta.device)
-        if bool(((labels < 0) | (labels >= ks)).any()):
-            raise ValueError(
-                f"labels out of range: variable i takes values 0..num_states[i]-1 = "
-                f"{[k - 1 for k in g.num_states]}"
-            )
-        idx = comp.score_base + (labels[:, comp.score_vars] * comp.score_strides).sum(-1)
-        return theta.gather(1, idx).sum(dim=1)
+        bad = ((labels < 0) | (labels >= ks)).any()
+        msg = (
+            f"labels out of range: variable i takes values 0..num_states[i]-1 = "
+            f"{[k - 1 for k in g.num_states]}"
+        )
+        # One host sync on a GPU: a clear ValueError beats a device-side assert, which would
+        # leave the CUDA context unusable.
+        if bool(bad):
+            raise ValueError(msg)
+        picked = labels.index_select(1, comp.score_vars.view(-1)).view(-1, *comp.score_vars.shape)
+        idx = comp.score_base + (picked * comp.score_strides).sum(-1)
+        # clamping the picked entries equals picking from the clamped table (elementwise)
+        return theta.gather(1, idx).clamp_min(NEG_INF).sum(dim=1)

@@ -325,3 +325,48 @@ def test_fast_path_is_not_used_where_it_does_not_apply():
     assert not ConvexBP(random_graph(0, "higher_order")).uses_fast_path
     # a variable without a singleton region
     assert not ConvexBP(RegionGraph([2, 2, 2], [(0,), (1,), (0, 1), (1, 2)])).uses_fast_path
+
+
+EXTREME_GRAPHS = [
+    RegionGraph.chain(5, 9, order=2),  # >= EXP_MIN_STATES states: exp-space sweeps on the CPU
+    RegionGraph.fully_connected(5, 8),
+    RegionGraph.fully_connected(6, 2),  # two states: the two-term log-sum-exp
+    RegionGraph.grid(3, 3, 3),
+]
+
+
+@pytest.mark.parametrize("graph", EXTREME_GRAPHS)
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+@pytest.mark.parametrize("eps", [1.0, 1e-3])
+def test_fast_path_is_exact_for_extreme_potentials(graph, scale, eps):
+    """Huge, forbidden (-inf) and tiny-temperature potentials: fast path == general path."""
+    fast, general = ConvexBP(graph, eps), ConvexBP(graph, eps, fast_path=False)
+    assert fast.uses_fast_path
+    pots = random_pots(graph, 5, 3, scale=scale)
+    pots[0][1, 0] = float("-inf")  # example 1: variable 0 may not take state 0
+    pots[graph.num_vars][2, 0] = float("-inf")  # example 2: a row of a pair table forbidden
+    pots[graph.num_vars + 1][3] = float("-inf")  # example 3: a whole pair table forbidden
+    mf = mg = fast.init_messages(5, DT)
+    for _ in range(4):
+        mf, mg = fast.sweep(pots, mf), general.sweep(pots, mg)
+        assert torch.isfinite(mf).all()
+        torch.testing.assert_close(mf, mg, rtol=1e-12, atol=1e-9 * scale / eps)
+    torch.testing.assert_close(fast.dual(pots, mf), general.dual(pots, mg), rtol=1e-12, atol=0)
+    # float32 stays close to float64 where nothing is forbidden
+    p32 = [p[[0, 4]].float() for p in pots]
+    m32 = fast.sweep(p32, fast.init_messages(2))
+    m64 = general.sweep([p[[0, 4]] for p in pots], general.init_messages(2, DT))
+    torch.testing.assert_close(m32.double(), m64, rtol=1e-4, atol=1e-4 * scale / eps)
+
+
+@pytest.mark.parametrize("graph", [RegionGraph.grid(3, 4, 5), RegionGraph.chain(4, 9)])
+def test_sweep_leaves_its_inputs_alone(graph):
+    bp = ConvexBP(graph)
+    for b in (1, 3):
+        theta = bp.pack(random_pots(graph, b, 0))
+        msgs = torch.randn(b, bp.num_message_entries, dtype=DT)
+        theta0, msgs0 = theta.clone(), msgs.clone()
+        out = bp.sweep(theta, msgs)
+        assert out.data_ptr() != msgs.data_ptr()
+        torch.testing.assert_close(theta, theta0, rtol=0, atol=0)
+        torch.testing.assert_close(msgs, msgs0, rtol=0, atol=0)
