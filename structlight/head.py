@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from structlight.graph import RegionGraph
 from structlight.inference import NEG_INF, ConvexBP
 from structlight.potentials import PairwiseMLP, RegionPotential, RegionTable, Unary
-from structlight.store import MessageStore
+from structlight.store import MessageStore, StoreLocation
 
 __all__ = ["ChainHead", "FullyConnectedHead", "StructuredHead", "StructuredLoss"]
 
@@ -89,6 +89,9 @@ class StructuredHead(nn.Module):
         index_key: batch key of the example indices ``(B,)``.
         task_type: ``"sequence"`` (character/word accuracy) or ``"multilabel"`` (Hamming error);
             None: the class attribute.
+        store_location: where the message store lives: ``"device"`` (with the module) or
+            ``"pinned"`` (page-locked host memory; the batch's messages are copied to the GPU
+            and back asynchronously), see :class:`MessageStore`.
 
     Attributes:
         graph: the region graph.
@@ -113,6 +116,7 @@ class StructuredHead(nn.Module):
         label_key: str = "label",
         index_key: str = "index",
         task_type: TaskType | None = None,
+        store_location: StoreLocation = "device",
     ) -> None:
         super().__init__()
         if not isinstance(graph, RegionGraph):
@@ -141,7 +145,9 @@ class StructuredHead(nn.Module):
         )
         self.label_key = label_key
         self.index_key = index_key
-        self.store = MessageStore(self.bp.num_message_entries, int(num_train_examples or 0))
+        self.store = MessageStore(
+            self.bp.num_message_entries, int(num_train_examples or 0), store_location
+        )
         self.num_train_examples = num_train_examples
         self.potentials = nn.ModuleDict()
         self._term_regions: dict[str, list[int]] = {}
@@ -461,7 +467,7 @@ class StructuredHead(nn.Module):
                 raise ValueError(
                     f"batch[{self.index_key!r}] must have shape ({b},), got {tuple(index.shape)}"
                 )
-            msgs = self.store.gather(index).to(dtype=theta.dtype, device=theta.device)
+            msgs = self.store.gather(index, device=theta.device).to(dtype=theta.dtype)
             with torch.no_grad():
                 if track_dual_change:
                     dual_before = self.bp.dual(fixed, msgs)
@@ -621,7 +627,7 @@ class ChainHead(StructuredHead):
         table_init_std: pairwise tables start as ``N(0, table_init_std^2)``.
         counting_numbers: ``c_r`` per region (default 1 for all).
         eps, sweeps_per_step, blend, max_sweeps, tol, loss_augmentation, num_train_examples,
-        label_key, index_key: see :class:`StructuredHead`.
+        label_key, index_key, store_location: see :class:`StructuredHead`.
     """
 
     task_type = "sequence"
@@ -651,6 +657,7 @@ class ChainHead(StructuredHead):
         num_train_examples: int | None = None,
         label_key: str = "label",
         index_key: str = "index",
+        store_location: StoreLocation = "device",
     ) -> None:
         if pairwise not in ("table", "mlp", "none"):
             raise ValueError(f"pairwise must be 'table', 'mlp' or 'none', got {pairwise!r}")
@@ -667,6 +674,7 @@ class ChainHead(StructuredHead):
             num_train_examples=num_train_examples,
             label_key=label_key,
             index_key=index_key,
+            store_location=store_location,
         )
         self.add_potential(
             "unary",
@@ -727,7 +735,7 @@ class FullyConnectedHead(StructuredHead):
         unary_hidden: hidden layers of the unary network.
         table_init_std: tables start as ``N(0, table_init_std^2)``.
         counting_numbers, eps, sweeps_per_step, blend, max_sweeps, tol, loss_augmentation,
-        num_train_examples, label_key, index_key: see :class:`StructuredHead`.
+        num_train_examples, label_key, index_key, store_location: see :class:`StructuredHead`.
     """
 
     task_type = "multilabel"
@@ -752,6 +760,7 @@ class FullyConnectedHead(StructuredHead):
         num_train_examples: int | None = None,
         label_key: str = "label",
         index_key: str = "index",
+        store_location: StoreLocation = "device",
     ) -> None:
         if pairwise not in ("table", "none"):
             raise ValueError(f"pairwise must be 'table' or 'none', got {pairwise!r}")
@@ -768,6 +777,7 @@ class FullyConnectedHead(StructuredHead):
             num_train_examples=num_train_examples,
             label_key=label_key,
             index_key=index_key,
+            store_location=store_location,
         )
         self.add_potential(
             "unary",

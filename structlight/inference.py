@@ -25,6 +25,7 @@ and so is its backward). Pairwise graphs have a faster layout of their own (``fa
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,8 +44,10 @@ __all__ = ["ConvexBP", "NEG_INF", "Potentials"]
 NEG_INF = -1e30
 
 #: Sweeps on the CPU run the pair updates in exp space (DESIGN §1's log-sum-exp as a product of
-#: exponentiated tables and messages, half the exps) from this many states up, where exp dominates.
-EXP_MIN_STATES = 8
+#: exponentiated tables and messages) from this many states up. The exponentiated tables are kept
+#: between sweeps on one theta, so a block then costs K exps per message instead of K*K; two
+#: states keep the log-space two-term formula, which needs no table.
+EXP_MIN_STATES = 3
 
 Potentials = Sequence[Tensor] | Tensor
 
@@ -116,6 +119,7 @@ class _DenseBlock:
     start: int  # the block writes slots start..stop; its pair tables: the same rows of tabs
     stop: int
     other: Tensor  # (P,) slot of the message from the pair's other end
+    other_flat: Tensor  # (P*K,) the same entries as positions in the flat (S*K,) messages (B = 1)
     nodes: Tensor  # (S,) the block's variables (rows of the node tables)
     node_pos: Tensor  # (P,) position in the block of the node sending each message
     chat: Tensor  # (P, 1, 1) ĉ of each pair
@@ -233,6 +237,7 @@ class ConvexBP:
         self._np = self._compile_numpy()
         self._np_dense = self._compile_dense() if fast_path else None
         self._cache: dict[tuple[torch.device, torch.dtype], _Compiled] = {}
+        self._prep: tuple | None = None  # (weakref to theta, its version, sweep tables)
 
     # ------------------------------------------------------------------ compilation
     def _compile_numpy(self) -> dict:
@@ -462,6 +467,9 @@ class ConvexBP:
                     start=start,
                     stop=len(tab_rows),
                     other=np.array(other, dtype=np.int64),
+                    other_flat=(
+                        np.array(other, dtype=np.int64)[:, None] * kmax + np.arange(kmax)
+                    ).reshape(-1),
                     nodes=np.array(nodes, dtype=np.int64),
                     node_pos=np.array(node_pos, dtype=np.int64),
                     chat=chat_a[:, None, None],
@@ -688,12 +696,12 @@ class ConvexBP:
         Returns:
             New ``(B, M)`` messages (the input is not modified). The dual never increases.
         """
-        theta = self._prepare(pots, msgs)
+        theta = key = self._prepare(pots, msgs)
         with torch.no_grad():
             theta = theta.detach()
             comp = self._compiled(theta.device, theta.dtype)
             if comp.dense is not None:
-                return self._sweep_dense(theta, msgs.detach(), comp.dense)
+                return self._sweep_dense(theta, msgs.detach(), comp.dense, key)
             lam = msgs.detach().clone()
             b = theta.shape[0]
             # one -inf column at position T: the padding of the mu rows points there
@@ -770,13 +778,14 @@ class ConvexBP:
         return x
 
     def _update_log(self, v: Tensor, lo: Tensor, blk: _DenseBlock, k: int) -> Tensor:
-        """``mu[e->i]`` of a block's messages in log space (DESIGN §1); ``v`` is overwritten.
+        """``mu[e->i]`` of a block's messages in log space (DESIGN §1).
 
         ``v[p, y_j, y_i] = f_e(y_i, y_j)`` for the p-th pair ``e = (i, j)`` at a block node
         ``i``, ``lo[p] = lam[j->e]``: ``v + lo`` is the pair's fhat without the block's own message,
         and ``mu[e->i](y_i) = ĉ_e log sum_{y_j} exp((v + lo) / ĉ_e)`` (max if ĉ_e = 0), (P, K, B).
+        ``v`` itself is left alone.
         """
-        v += lo.unsqueeze(2)
+        v = v + lo.unsqueeze(2)  # a new tensor: the tables are kept for the next sweep
         if not (blk.unit or blk.all_zero):
             v *= blk.inv
         if k == 2 and not blk.all_zero:
@@ -794,38 +803,84 @@ class ConvexBP:
                 mu = torch.where(blk.chat > 0, mu, m.squeeze(1))
         return mu
 
-    def _sweep_dense(self, theta: Tensor, msgs: Tensor, d: _Dense) -> Tensor:
-        """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
+    def _sweep_tables(self, theta: Tensor, d: _Dense) -> tuple:
+        """The per-theta part of a fast-path sweep: ``(nodes, tabs, etab, c_msg)``.
+
+        Log space (``etab`` None): ``tabs[q, y_j, y_i, b] = f_e(y_i, y_j)`` for the q-th message
+        ``lam[i->e]`` of the sweep (``e = (i, j)``). Exp space (``tabs`` None): with
+        ``c_e = max f_e``, ``etab = exp(f_e - c_e)`` oriented as ``tabs``, ``c_msg[q] = c_e``.
+        Read-only for the sweep; :meth:`sweep` keeps them for the next call on the same theta.
+        """
         b = theta.shape[0]
-        lam = self._slots(msgs, d)  # (S, K, B), a copy: the input stays as is
         if d.exp_space and theta.device.type == "cpu":
-            # exp space: with c_e = max f_e and m = max_{y_j} lam[j->e],
-            #   mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j),
-            # E_e = exp(f_e - c_e) once per sweep, x = exp(lam[j->e] - m) per block. Where a sum
-            # comes out too small to be exact (exp underflow), the block redoes it in log space.
             nodes, pairs = self._dense_tables(theta, d)
             pairs = pairs.view(pairs.shape[0], -1, b)  # (E, K*K, B)
             c = self._tree_max(pairs, 1)  # (E, 1, B)
             etab = (pairs - c).exp_().view(-1, b).index_select(0, d.tab_local)
-            etab = etab.view(-1, d.kmax, d.kmax, b)  # as tabs below, exponentiated
+            etab = etab.view(-1, d.kmax, d.kmax, b)
             c_msg = c.view(-1, b).index_select(0, d.msg_pair).unsqueeze(1)  # (P_all, 1, B)
-            tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
-            tt = None
-        else:
-            # tabs[q, y_j, y_i, b] = f_e(y_i, y_j) for the q-th message lam[i->e] of the sweep
-            # (e = (i, j)); a fresh copy, and each message is updated once: updated in place
-            nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
-            etab = None
+            return nodes, None, etab, c_msg
+        nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
+        return nodes, tabs, None, None
+
+    def _cached_tables(self, key: Tensor, theta: Tensor, d: _Dense) -> tuple:
+        """:meth:`_sweep_tables`, reused while ``key`` (the caller's theta) is alive and unchanged.
+
+        Repeated sweeps on one theta (:meth:`run`, a solver loop) then pay for the transpose,
+        gather and exps once. The entry is keyed on the tensor object and its version counter
+        (bumped by every in-place change), and dropped as soon as that tensor is freed.
+        """
+        if key.is_inference():  # no version counter to trust
+            return self._sweep_tables(theta, d)
+        hit = self._prep
+        if hit is not None and hit[0]() is key and hit[1] == key._version:
+            return hit[2]
+        tables = self._sweep_tables(theta, d)
+        me = weakref.ref(self)
+
+        def drop(_: object) -> None:
+            bp = me()
+            if bp is not None and bp._prep is not None and bp._prep[0]() is None:
+                bp._prep = None
+
+        self._prep = (weakref.ref(key, drop), key._version, tables)
+        return tables
+
+    def _sweep_dense(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor:
+        """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
+        b = theta.shape[0]
+        lam = self._slots(msgs, d)  # (S, K, B), a copy: the input stays as is
+        # exp space (CPU, one K >= EXP_MIN_STATES, all ĉ = 1): with c_e = max f_e and
+        # m = max_{y_j} lam[j->e],
+        #   mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j),
+        # E_e = exp(f_e - c_e) once per theta, x = exp(lam[j->e] - m) per block. Where a sum
+        # comes out too small to be exact (exp underflow), the block redoes it in log space.
+        nodes, tabs, etab, c_msg = self._cached_tables(key, theta, d)
+        tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
+        tt = None
+        if etab is not None and b == 1:
+            etab1, c_msg1 = etab[..., 0], c_msg[..., 0]
         k2 = d.kmax * d.kmax
         for blk in d.blocks:
-            lo = lam.index_select(0, blk.other)  # lam[j->e](y_j), (P, K, B)
+            # lam[j->e](y_j), (P, K, B); with B = 1 a flat gather (rows of K are slow)
+            if b == 1:
+                lo = lam.view(-1).index_select(0, blk.other_flat).view(-1, d.kmax, 1)
+            else:
+                lo = lam.index_select(0, blk.other)
             mu = None
             if etab is not None:
-                m = self._tree_max(lo, 1)
-                x = (lo - m).exp_().unsqueeze(2)
-                s = etab[blk.start : blk.stop].mul_(x).sum(1)
+                # with B = 1 the trailing batch axis is dropped: broadcasting against a size-1
+                # innermost axis is several times slower on the CPU than on (P, K) rows
+                lo1, e1, c1 = (lo[..., 0], etab1, c_msg1) if b == 1 else (lo, etab, c_msg)
+                m = self._tree_max(lo1, 1)
+                x = (lo1 - m).exp_()
+                if b == 1:  # sum_{y_j} E[p, y_j, y_i] x[p, y_j] as P tiny (1, K) @ (K, K)
+                    s = torch.bmm(x.unsqueeze(1), e1[blk.start : blk.stop]).squeeze(1)
+                else:
+                    s = torch.mul(e1[blk.start : blk.stop], x.unsqueeze(2)).sum(1)
                 if not bool(s.amin() < tiny):
-                    mu = s.log_().add_(c_msg[blk.start : blk.stop]).add_(m)
+                    mu = s.log_().add_(c1[blk.start : blk.stop]).add_(m)
+                    mu = mu.unsqueeze(-1) if b == 1 else mu
                 else:  # the log-space update below, on this block's tables
                     if tt is None:
                         tt = theta.t().contiguous()  # (T, B)

@@ -2,72 +2,265 @@
 
 The paper keeps every training example's dual messages ``lam`` between optimisation steps, so
 each visit of an example continues its message passing where the last visit stopped. A
-:class:`MessageStore` holds them as one ``(num_examples, M)`` buffer, indexed by the dataset
-index each batch carries (``batch["index"]``). Being a persistent buffer, it moves with the
-module (``.to(device)``), is saved in checkpoints through the ``state_dict`` and is restored on
-resume (the buffer is resized to the checkpoint's shape before loading).
+:class:`MessageStore` holds them as one ``(num_examples, M)`` tensor, indexed by the dataset
+index each batch carries (``batch["index"]``).
 
 All access goes through :meth:`MessageStore.gather` and :meth:`MessageStore.scatter`, so the
-storage (sharding across ranks, pinned host memory) can change without touching the callers.
+storage can change without touching the callers:
+
+* **Sharding** (data parallelism, see :mod:`structlight.distributed`): after
+  :meth:`MessageStore.shard` a process holds only the examples ``i`` with
+  ``i % world_size == rank``, example ``i`` in local slot ``i // world_size``; each rank holds
+  ``ceil`` or ``floor`` of ``num_examples / world_size`` slots.
+* **Location**: ``"device"`` (default) keeps the messages with the module (``.to(device)``
+  moves them); ``"pinned"`` keeps them in page-locked host memory whatever the module's device,
+  and copies only the batch's slots to the GPU (``non_blocking``) and back (on a side CUDA
+  stream, completed lazily before the next read), for data sets whose messages exceed GPU
+  memory. Without CUDA, ``"pinned"`` is ordinary host memory and every copy is synchronous.
+
+Memory per example is ``M * 4`` bytes in float32, ``M = ConvexBP(graph).num_message_entries``:
+208 entries (832 B) for Word50's 1st-order chain (5 x 26, also with the MLP pairwise), 364 (1,456
+B) for the 2nd-order chain, 2,812 (11,248 B) for Flickr's 38 fully connected binary tags; for
+10,000 training examples 7.9 MiB, 13.9 MiB and 107 MiB, divided by the number of ranks when
+sharded.
+
+The messages are not a registered buffer (so ``DistributedDataParallel`` never broadcasts one
+rank's messages over the others'), but they are in the ``state_dict`` under ``messages``, as a
+buffer would be. A sharded store saves its own shard there, plus ``shard = [rank, world_size,
+num_examples]``; :class:`structlight.DeepStructuredModel` replaces both in its checkpoints by the
+full ``(num_examples, M)`` tensor in example order (gathered from every rank), so a checkpoint
+looks the same whatever the number of processes that wrote it. Loading a full tensor into a
+sharded store keeps this rank's rows: resuming on another number of processes re-shards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MessageStore"]
+__all__ = ["MessageStore", "StoreLocation", "shard_size"]
+
+StoreLocation = Literal["device", "pinned"]
+_LOCATIONS = ("device", "pinned")
+
+
+def _check_count(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def shard_size(num_examples: int, world_size: int, rank: int) -> int:
+    """Number of examples ``i < num_examples`` with ``i % world_size == rank``.
+
+    Args:
+        num_examples: examples in the training set.
+        world_size: number of processes.
+        rank: this process's rank, ``0 <= rank < world_size``.
+
+    Returns:
+        ``ceil((num_examples - rank) / world_size)`` (0 if ``rank >= num_examples``).
+    """
+    return max(0, (num_examples - rank + world_size - 1) // world_size)
 
 
 class MessageStore(nn.Module):
-    """One slot of ``M`` message entries per training example.
+    """One slot of ``M`` message entries per training example, optionally sharded across ranks.
 
     Args:
         num_messages: ``M``, the message entries per example (``ConvexBP.num_message_entries``).
         num_examples: number of slots; 0 (default) leaves the store empty until :meth:`resize`
             (:class:`structlight.DeepStructuredModel` sizes it from the training data).
+        location: ``"device"`` (the module's device) or ``"pinned"`` (page-locked host memory,
+            batch slots copied to and from the GPU asynchronously; ordinary host memory without
+            CUDA).
 
     Attributes:
-        messages: ``(num_examples, M)`` buffer, zero-initialised.
+        messages: ``(num_local, M)`` float32 tensor of the slots this process holds (all of them
+            unless sharded), zero-initialised. Reading it completes pending asynchronous writes.
+        rank: this process's shard (0 unless sharded).
+        world_size: number of shards (1 unless sharded).
+        peak_bytes: the largest size in bytes the messages have taken in this process (reset
+            with :meth:`reset_peak`); temporary copies (checkpoints, batches) are not counted.
     """
 
-    messages: Tensor
-
-    def __init__(self, num_messages: int, num_examples: int = 0) -> None:
+    def __init__(
+        self, num_messages: int, num_examples: int = 0, location: StoreLocation = "device"
+    ) -> None:
         super().__init__()
-        if isinstance(num_messages, bool) or not isinstance(num_messages, int) or num_messages < 0:
-            raise ValueError(f"num_messages must be an int >= 0, got {num_messages!r}")
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-            raise ValueError(f"num_examples must be an int >= 0, got {num_examples!r}")
+        _check_count("num_messages", num_messages)
+        _check_count("num_examples", num_examples)
+        if location not in _LOCATIONS:
+            raise ValueError(f"location must be one of {_LOCATIONS}, got {location!r}")
         self.num_messages = num_messages
-        self.register_buffer("messages", torch.zeros(num_examples, num_messages))
+        self.location: str = location
+        self.rank = 0
+        self.world_size = 1
+        self._num_examples = num_examples
+        self._pending: list[tuple[Tensor, Tensor, Any]] = []
+        self._copy_stream: Any = None
+        self.peak_bytes = 0
+        self._messages = torch.zeros(0, num_messages)
+        self._set(self._alloc(num_examples, torch.device("cpu"), torch.float32, zero=True))
+
+    # ------------------------------------------------------------------ storage
+    @property
+    def messages(self) -> Tensor:
+        """``(num_local, M)`` messages of the slots this process holds."""
+        self.flush()
+        return self._messages
+
+    @messages.setter
+    def messages(self, value: Tensor) -> None:
+        if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != self.num_messages:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"messages must have shape (num_local, {self.num_messages}), got {got}"
+            )
+        if value.shape[0] != self.num_local:
+            raise ValueError(
+                f"messages must have {self.num_local} rows (the slots this process holds), got "
+                f"{value.shape[0]}; use resize() to change the number of slots"
+            )
+        self.flush()
+        self._set(value)
+
+    def _pinned(self) -> bool:
+        return self.location == "pinned" and torch.cuda.is_available()
+
+    def _alloc(self, rows: int, device: torch.device, dtype: torch.dtype, zero: bool) -> Tensor:
+        if self.location == "pinned":
+            out = torch.empty(rows, self.num_messages, dtype=dtype, pin_memory=self._pinned())
+            return out.zero_() if zero else out
+        make = torch.zeros if zero else torch.empty
+        return make(rows, self.num_messages, dtype=dtype, device=device)
+
+    def _set(self, tensor: Tensor) -> None:
+        self._messages = tensor
+        self.peak_bytes = max(self.peak_bytes, tensor.numel() * tensor.element_size())
+
+    def reset_peak(self) -> None:
+        """Restart :attr:`peak_bytes` from the current size."""
+        self.peak_bytes = self._messages.numel() * self._messages.element_size()
 
     @property
     def num_examples(self) -> int:
-        """Number of slots."""
-        return int(self.messages.shape[0])
+        """Number of slots in all shards together (the training set's size)."""
+        return self._num_examples
+
+    @property
+    def num_local(self) -> int:
+        """Number of slots this process holds."""
+        return int(self._messages.shape[0])
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether the slots are split across more than one process."""
+        return self.world_size > 1
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MessageStore:
+        super()._apply(fn, recurse)
+        if self.location == "device":  # a "pinned" store stays in host memory
+            self.flush()
+            self._set(fn(self._messages))
+        return self
+
+    # ------------------------------------------------------------------ shape
+    def shard(self, rank: int, world_size: int) -> None:
+        """Keep only the slots of the examples ``i`` with ``i % world_size == rank``.
+
+        The messages of those slots are kept (this rank's part of a whole store). Sharding a
+        store again with the same ``(rank, world_size)`` does nothing.
+
+        Args:
+            rank: this process's rank.
+            world_size: number of processes.
+
+        Raises:
+            ValueError: ``rank`` out of range.
+            RuntimeError: the store is already sharded another way (re-sharding needs all
+                shards: save a checkpoint, which holds them, and load it).
+        """
+        _check_count("world_size", world_size, 1)
+        _check_count("rank", rank)
+        if rank >= world_size:
+            raise ValueError(f"rank must be < world_size = {world_size}, got {rank}")
+        if (rank, world_size) == (self.rank, self.world_size):
+            return
+        if self.is_sharded:
+            raise RuntimeError(
+                f"the message store holds shard {self.rank} of {self.world_size} (it was sharded "
+                f"across {self.world_size} processes) and cannot become shard {rank} of "
+                f"{world_size} in place: the other shards live in other processes. Save a "
+                "checkpoint (it holds every shard) and resume from it on the new number of "
+                "processes; it is re-sharded on loading"
+            )
+        self.flush()
+        old = self._messages
+        rows = shard_size(self._num_examples, world_size, rank)
+        new = self._alloc(rows, old.device, old.dtype, zero=False)
+        new.copy_(old[rank::world_size])
+        self.rank, self.world_size = rank, world_size
+        self._set(new)
+
+    def unshard(self, full: Tensor) -> None:
+        """Become a whole store again, holding every example's messages.
+
+        Args:
+            full: ``(num_examples, M)`` messages of all examples in example order (e.g. from
+                :func:`structlight.distributed.gather_store`); used as the storage if it is on
+                the storage's device with its dtype, else copied there.
+
+        Raises:
+            ValueError: ``full`` has the wrong shape.
+        """
+        if not isinstance(full, Tensor) or full.dim() != 2 or full.shape[1] != self.num_messages:
+            got = tuple(full.shape) if isinstance(full, Tensor) else type(full).__name__
+            raise ValueError(f"expected a (num_examples, {self.num_messages}) tensor, got {got}")
+        self.flush()
+        old = self._messages
+        adopt = full.device == old.device and full.dtype == old.dtype and full.is_contiguous()
+        if adopt and self._pinned():
+            adopt = full.is_pinned()
+        if adopt:
+            new = full.detach()
+        else:
+            new = self._alloc(int(full.shape[0]), old.device, old.dtype, zero=False)
+            new.copy_(full)
+        self.rank, self.world_size, self._num_examples = 0, 1, int(full.shape[0])
+        del old
+        self._set(new)
 
     def resize(self, num_examples: int) -> None:
-        """Change the number of slots, keeping the messages of the slots that remain.
+        """Change the number of slots (of all shards together), keeping the messages that remain.
 
         New slots start at zero. Device and dtype are kept.
         """
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-            raise ValueError(f"num_examples must be an int >= 0, got {num_examples!r}")
-        if num_examples == self.num_examples:
+        _check_count("num_examples", num_examples)
+        if num_examples == self._num_examples:
             return
-        new = self.messages.new_zeros(num_examples, self.num_messages)
-        keep = min(num_examples, self.num_examples)
-        new[:keep] = self.messages[:keep]
-        self.messages = new
+        self.flush()
+        old = self._messages
+        rows = shard_size(num_examples, self.world_size, self.rank)
+        new = self._alloc(rows, old.device, old.dtype, zero=True)
+        keep = min(rows, old.shape[0])
+        new[:keep] = old[:keep]
+        self._num_examples = num_examples
+        self._set(new)
 
     def reset(self) -> None:
         """Set every message to zero."""
-        self.messages.zero_()
+        self.flush()
+        self._messages.zero_()
 
+    def owned_indices(self) -> Tensor:
+        """``(num_local,)`` the example indices of the local slots, in slot order."""
+        return torch.arange(self.rank, self._num_examples, self.world_size)
+
+    # ------------------------------------------------------------------ access
     @staticmethod
     def index_from(batch: Mapping[str, Any], key: str = "index") -> Tensor:
         """The example indices of a batch.
@@ -97,22 +290,25 @@ class MessageStore(nn.Module):
         index = batch[key]
         return torch.as_tensor(index)
 
-    def _check_index(self, index: Tensor) -> Tensor:
+    def _local_index(self, index: Tensor) -> Tensor:
+        """Check example indices and map them to local slots (on the storage's device)."""
         if not isinstance(index, Tensor):
             index = torch.as_tensor(index)
         if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
             raise TypeError(f"example indices must be integers, got dtype {index.dtype}")
         if index.dim() != 1:
             raise ValueError(f"example indices must have shape (B,), got {tuple(index.shape)}")
-        n = self.num_examples
+        device = self._messages.device
         if index.numel() == 0:
-            return index.to(device=self.messages.device, dtype=torch.long)
+            return index.to(device=device, dtype=torch.long)
+        n = self._num_examples
         if n == 0:
             raise IndexError(
                 "the message store has no slots: size it with MessageStore.resize("
                 "num_train_examples) (DeepStructuredModel does so from the training data, or pass "
                 "num_train_examples to the head)"
             )
+        index = index.to(device=device, dtype=torch.long)
         lo, hi = int(index.min()), int(index.max())
         if lo < 0 or hi >= n:
             raise IndexError(
@@ -120,45 +316,119 @@ class MessageStore(nn.Module):
                 f"has {n} slots (valid indices 0..{n - 1}); is the store sized for the training "
                 "set, and do the indices count from 0?"
             )
-        return index.to(device=self.messages.device, dtype=torch.long)
+        if not self.is_sharded:
+            return index
+        w = self.world_size
+        foreign = index.remainder(w) != self.rank
+        if bool(foreign.any()):
+            i = int(index[foreign][0])
+            raise IndexError(
+                f"example {i} belongs to the message store's shard on rank {i % w}, but rank "
+                f"{self.rank} got it: every example must stay on one rank (example i on rank "
+                f"i % {w}) for the whole run. The training loader must sample with "
+                "structlight.distributed.ShardedSampler; DeepStructuredModel installs it under "
+                "DDP unless Trainer(use_distributed_sampler=False)"
+            )
+        return index.div(w, rounding_mode="floor")
 
-    def gather(self, index: Tensor) -> Tensor:
+    def gather(self, index: Tensor, device: torch.device | str | None = None) -> Tensor:
         """The stored messages of some examples.
 
         Args:
-            index: ``(B,)`` integer example indices.
+            index: ``(B,)`` integer example indices (of this rank's shard when sharded).
+            device: where to return them; None: the storage's device. From a ``"pinned"``
+                store to a CUDA device the copy is asynchronous (``non_blocking``).
 
         Returns:
-            ``(B, M)``, a copy (on the store's device and dtype).
+            ``(B, M)``, a copy.
 
         Raises:
-            IndexError: an index is out of range (or the store is empty).
+            IndexError: an index is out of range, belongs to another rank's shard, or the store
+                is empty.
         """
-        return self.messages.index_select(0, self._check_index(index))
+        self.flush()
+        local = self._local_index(index)
+        target = self._messages.device if device is None else torch.device(device)
+        if self._pinned() and target.type == "cuda":
+            staging = torch.empty(
+                local.numel(), self.num_messages, dtype=self._messages.dtype, pin_memory=True
+            )
+            torch.index_select(self._messages, 0, local, out=staging)
+            return staging.to(target, non_blocking=True)
+        return self._messages.index_select(0, local).to(target)
 
     def scatter(self, index: Tensor, msgs: Tensor) -> None:
         """Write back the messages of some examples.
 
+        From CUDA into a ``"pinned"`` store the copy runs on a side stream and the write
+        completes before the next read of the store (:meth:`flush`).
+
         Args:
             index: ``(B,)`` integer example indices, without repeats.
-            msgs: ``(B, M)`` messages (detached before storing).
+            msgs: ``(B, M)`` messages (detached before storing), on any device.
 
         Raises:
-            IndexError: an index is out of range.
+            IndexError: an index is out of range or belongs to another rank's shard.
             ValueError: shapes disagree or an index repeats within the batch.
         """
-        idx = self._check_index(index)
-        if msgs.dim() != 2 or msgs.shape != (idx.numel(), self.num_messages):
+        local = self._local_index(index)
+        if msgs.dim() != 2 or msgs.shape != (local.numel(), self.num_messages):
             raise ValueError(
-                f"messages must have shape ({idx.numel()}, {self.num_messages}) for "
-                f"{idx.numel()} indices, got {tuple(msgs.shape)}"
+                f"messages must have shape ({local.numel()}, {self.num_messages}) for "
+                f"{local.numel()} indices, got {tuple(msgs.shape)}"
             )
-        if idx.numel() > 1 and torch.unique(idx).numel() != idx.numel():
+        if local.numel() > 1 and torch.unique(local).numel() != local.numel():
             raise ValueError(
                 "an example index repeats within the batch; each example may appear once per "
                 "batch (sample without replacement)"
             )
-        self.messages.index_copy_(0, idx, msgs.detach().to(self.messages.dtype))
+        src = msgs.detach().to(self._messages.dtype)
+        if self._pinned() and src.is_cuda:
+            self._scatter_async(local, src)
+            return
+        self.flush()
+        self._messages.index_copy_(0, local, src.to(self._messages.device))
+
+    def _scatter_async(self, local: Tensor, src: Tensor) -> None:
+        current = torch.cuda.current_stream(src.device)
+        if self._copy_stream is None or self._copy_stream.device != src.device:
+            self._copy_stream = torch.cuda.Stream(device=src.device)
+        stream = self._copy_stream
+        stream.wait_stream(current)  # src is ready on the compute stream
+        host = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+        with torch.cuda.stream(stream):
+            host.copy_(src, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        src.record_stream(stream)  # keep src's memory until the copy has run
+        self._pending.append((local, host, done))
+
+    def flush(self) -> None:
+        """Complete the pending asynchronous writes (a no-op unless ``"pinned"`` on CUDA)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for local, host, done in pending:
+            done.synchronize()
+            self._messages.index_copy_(0, local, host)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()  # pending copies and the CUDA stream do not pickle (deepcopy, ddp_spawn)
+        state = self.__dict__.copy()
+        state["_pending"], state["_copy_stream"] = [], None
+        return state
+
+    # ------------------------------------------------------------------ state dict
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        msgs = self.messages
+        destination[prefix + "messages"] = msgs if keep_vars else msgs.detach()
+        if self.is_sharded:
+            destination[prefix + "shard"] = torch.tensor(
+                [self.rank, self.world_size, self._num_examples], dtype=torch.long
+            )
 
     def _load_from_state_dict(
         self,
@@ -170,20 +440,59 @@ class MessageStore(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        key = prefix + "messages"
-        incoming = state_dict.get(key)
-        if isinstance(incoming, Tensor) and incoming.dim() == 2:
-            if incoming.shape[1] != self.num_messages:
-                error_msgs.append(
-                    f"{key}: the checkpoint stores {incoming.shape[1]} message entries per "
-                    f"example, this model's graph has {self.num_messages} (a different graph?)"
-                )
-                return
-            if incoming.shape[0] != self.num_examples:
-                self.messages = self.messages.new_zeros(incoming.shape[0], self.num_messages)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        key, shard_key = prefix + "messages", prefix + "shard"
+        for k in (key, shard_key):
+            if k in unexpected_keys:
+                unexpected_keys.remove(k)
+        incoming = state_dict.get(key)
+        if incoming is None:
+            if strict:
+                missing_keys.append(key)
+            return
+        if not isinstance(incoming, Tensor) or incoming.dim() != 2:
+            got = tuple(incoming.shape) if isinstance(incoming, Tensor) else type(incoming).__name__
+            error_msgs.append(f"{key}: expected a (num_examples, M) tensor, got {got}")
+            return
+        if incoming.shape[1] != self.num_messages:
+            error_msgs.append(
+                f"{key}: the checkpoint stores {incoming.shape[1]} message entries per "
+                f"example, this model's graph has {self.num_messages} (a different graph?)"
+            )
+            return
+        info = state_dict.get(shard_key)
+        if info is not None:
+            rank, world, n = (int(v) for v in torch.as_tensor(info).tolist())
+            if (rank, world) != (self.rank, self.world_size) or incoming.shape[0] != shard_size(
+                n, world, rank
+            ):
+                error_msgs.append(
+                    f"{key}: this state_dict holds only shard {rank} of {world} of the messages "
+                    f"(one process's part of a run over {world} processes); this store is shard "
+                    f"{self.rank} of {self.world_size}. Save through Lightning "
+                    "(trainer.save_checkpoint / ModelCheckpoint: DeepStructuredModel gathers every "
+                    "shard into the checkpoint), or structlight.distributed.gather_store, to get "
+                    "all messages"
+                )
+                return
+            local = incoming
+        else:  # the whole store, in example order
+            n = int(incoming.shape[0])
+            local = incoming[self.rank :: self.world_size] if self.is_sharded else incoming
+        self.flush()
+        old = self._messages
+        new = self._alloc(int(local.shape[0]), old.device, old.dtype, zero=False)
+        with torch.no_grad():
+            new.copy_(local)
+        self._num_examples = n
+        self._set(new)
 
     def extra_repr(self) -> str:
-        return f"num_examples={self.num_examples}, num_messages={self.num_messages}"
+        parts = [f"num_examples={self._num_examples}", f"num_messages={self.num_messages}"]
+        if self.is_sharded:
+            parts.append(f"shard={self.rank}/{self.world_size}, num_local={self.num_local}")
+        if self.location != "device":
+            parts.append(f"location={self.location!r}")
+        return ", ".join(parts)

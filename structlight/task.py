@@ -33,6 +33,11 @@ constraint ``||w||_inf <= linf_bound``, enforced by clamping after every optimiz
 (projected subgradient descent) on the pairwise parameters (``linf_scope="pairwise"``) or on all
 trainable ones.
 
+Data parallelism (``Trainer(strategy="ddp")``, any number of GPUs and nodes) needs no wiring:
+``setup("fit")`` shards the message store across the ranks and makes the training loader sample
+each rank's own examples (:mod:`structlight.distributed`); checkpoints hold every shard, gathered
+to rank 0, and resume on any number of processes. The training logs are averaged over the ranks.
+
 Logged: ``train/loss``, ``train/dual``, ``train/dual_change`` (mean change of the dual per sweep
 in the step, ``<= 0``), ``train/sweeps`` (double loop), ``val/loss``, ``val/char_acc`` and
 ``val/word_acc`` (sequences) or ``val/hamming_error`` and ``val/hamming_count`` (multi-label),
@@ -51,8 +56,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from structlight.distributed import check_train_sampler, gather_store, install_sharded_sampler
 from structlight.head import StructuredHead, StructuredLoss
 from structlight.metrics import task_metrics
+from structlight.store import MessageStore
 
 __all__ = ["DeepStructuredModel", "Strategy"]
 
@@ -172,6 +179,9 @@ class DeepStructuredModel(pl.LightningModule):
         self.val_metrics = task_metrics(task_type, prefix="val/")
         self.test_metrics = task_metrics(task_type, prefix="test/")
         self._unary_loaded = False
+        # True on every rank from setup("fit") to on_fit_end of a run over several processes:
+        # the message stores are sharded, and saving a checkpoint gathers them (a collective)
+        self._sharded_run = False
 
         if strategy == "unary_only":
             with torch.no_grad():
@@ -255,10 +265,32 @@ class DeepStructuredModel(pl.LightningModule):
         if self.head.store.num_examples < num_examples:
             self.head.store.resize(int(num_examples))
 
+    def _shard_store(self) -> None:
+        """Under data parallelism: shard the store, and make the training loader follow it."""
+        store, trainer = self.head.store, self.trainer
+        rank, world = int(trainer.global_rank), int(trainer.world_size)
+        if store.is_sharded and (store.rank, store.world_size) != (rank, world):
+            raise RuntimeError(
+                f"this model's message store holds only shard {store.rank} of "
+                f"{store.world_size} (it was trained on {store.world_size} processes), and this "
+                f"run has {world}: resume from a checkpoint of that run instead (checkpoints hold "
+                "every shard and are re-sharded on loading)"
+            )
+        self._sharded_run = world > 1
+        if world > 1:
+            store.shard(rank, world)
+            install_sharded_sampler(trainer)
+
     def setup(self, stage: str) -> None:
-        """Size the message store from the datamodule (``num_train_examples`` or its length)."""
+        """Size the message store from the datamodule (``num_train_examples`` or its length).
+
+        With more than one process (``trainer.world_size > 1``, e.g. ``strategy="ddp"``), also
+        shard the store (example ``i`` on rank ``i % world_size``) and install
+        :class:`structlight.distributed.ShardedSampler` in the training loader.
+        """
         if stage != "fit" or not self._uses_store() or self._trainer is None:
             return
+        self._shard_store()
         dm = self.trainer.datamodule
         if dm is None:
             return  # dataloaders passed to fit(): sized in on_train_start
@@ -281,9 +313,10 @@ class DeepStructuredModel(pl.LightningModule):
         """Size the message store from the training dataloader if ``setup`` could not."""
         if not self._uses_store():
             return
+        loader = self.trainer.train_dataloader
+        check_train_sampler(self.trainer, loader)
         if self.head.store.num_examples > 0:
             return
-        loader = self.trainer.train_dataloader
         dataset = getattr(loader, "dataset", None)
         try:
             n = len(dataset) if dataset is not None else None
@@ -296,6 +329,54 @@ class DeepStructuredModel(pl.LightningModule):
                 "attribute)"
             )
         self._size_store(n)
+
+    def _stores(self) -> list[tuple[str, MessageStore]]:
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, MessageStore)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put every rank's shard of the message store into the checkpoint.
+
+        Lightning writes DDP checkpoints from rank 0's ``state_dict`` alone; this hook (run on
+        every rank) gathers the shards to rank 0 and stores the full ``(num_examples, M)``
+        tensor, in example order, under the store's ``messages`` key, exactly as a single
+        process would (after ``fit``, rank 0's store is whole already: see :meth:`on_fit_end`).
+        ``checkpoint["message_stores"]`` records the number of processes of the run.
+        """
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            return
+        info = {}
+        for name, store in self._stores():
+            prefix = f"{name}." if name else ""
+            if self._sharded_run and store.is_sharded:  # the same on every rank
+                full = gather_store(store)  # a collective: every rank takes part
+                if full is not None:  # rank 0, which writes the checkpoint
+                    state.pop(prefix + "shard", None)
+                    state[prefix + "messages"] = full
+            info[name] = {
+                "num_examples": store.num_examples,
+                "num_messages": store.num_messages,
+                "world_size": int(self.trainer.world_size) if self._trainer else 1,
+                "sharding": "example i on rank i % world_size",
+            }
+        checkpoint["message_stores"] = info
+
+    def on_fit_end(self) -> None:
+        """Under data parallelism: gather the store's shards into rank 0's store.
+
+        After ``fit`` rank 0 (the main process of ``strategy="ddp"``, whose weights
+        ``ddp_spawn`` hands back to the calling process) holds every example's messages, as after
+        a single-process run; the other ranks keep their shards. Rank 0 needs host memory for
+        the whole store for this, as for every checkpoint.
+        """
+        if not self._sharded_run:
+            return
+        self._sharded_run = False  # from now on, checkpoints hold rank 0's (whole) store
+        for _, store in self._stores():
+            if store.is_sharded:
+                full = gather_store(store)
+                if full is not None:
+                    store.unshard(full)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A restored model keeps its own weights: the unary checkpoint is not loaded again."""
@@ -341,12 +422,14 @@ class DeepStructuredModel(pl.LightningModule):
             track = self.log_dual_change and self._logs_this_step()
             out = self.head.training_loss(theta, batch, track_dual_change=track)
         loss = out.loss.mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
-        self.log("train/dual", out.dual.mean(), on_step=True, on_epoch=True, batch_size=b)
+        sync = self._trainer is not None and self.trainer.world_size > 1
+        log = {"on_step": True, "batch_size": b, "sync_dist": sync}
+        self.log("train/loss", loss, on_epoch=True, prog_bar=True, **log)
+        self.log("train/dual", out.dual.mean(), on_epoch=True, **log)
         if out.dual_change is not None:
-            self.log("train/dual_change", out.dual_change.mean(), on_step=True, batch_size=b)
+            self.log("train/dual_change", out.dual_change.mean(), **log)
         if self.training_strategy != "unary_only" and not self.head.blend:
-            self.log("train/sweeps", float(out.num_sweeps), on_step=True, batch_size=b)
+            self.log("train/sweeps", float(out.num_sweeps), **log)
         reg = self._regulariser()
         return loss if reg is None else loss + reg
 
