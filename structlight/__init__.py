@@ -76,3 +76,14 @@ __all__ = [
     "MessageStore",
     "DeepStructuredModel",
 ]
+
+# The command line and the pictures (issue 5); lazy too, as they import Lightning and matplotlib.
+_LAZY.update(
+    {
+        "main": "structlight.cli",
+        "StructuredVisualizer": "structlight.visualize",
+        "model_figures": "structlight.visualize",
+        "ShardedSampler": "structlight.distributed",
+    }
+)
+__all__ += ["main", "StructuredVisualizer", "model_figures", "ShardedSampler"]

@@ -1,0 +1,205 @@
+"""Every recipe has a tiny twin under ``tests/conf/``, and every twin runs (``fast_dev_run``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+TWINS = ROOT / "tests" / "conf"
+#: Sizes of the tiny Word50 the twins expect (recipes/make_recipes.py: TINY_DATA).
+TINY = {"num_train": 20, "num_val": 10, "num_test": 10}
+
+
+def tiny_word50(base: Path) -> Path:
+    """A tiny generated Word50 (20/10/10 words) under ``base``, made once per test session.
+
+    Args:
+        base: the session's base temporary folder (``tmp_path_factory.getbasetemp()``).
+
+    Returns:
+        The ``root`` to give ``Word50DataModule``.
+    """
+    from datamodules.word50 import Word50DataModule
+
+    root = base / "word50_tiny"
+    dm = Word50DataModule(root=root, progress=False, **TINY)
+    if not dm.path.exists():
+        dm.prepare_data()
+    return root
+
+
+def stand_in_unary_checkpoint(folder: Path, hidden: list[int]) -> Path:
+    """An untrained unary-only checkpoint with the backbone of ``hidden`` (cached per shape)."""
+    from structlight.backbones import PerPosition
+    from structlight.head import ChainHead
+    from structlight.potentials import MLP
+    from structlight.task import DeepStructuredModel
+
+    path = folder / f"unary_{'x'.join(map(str, hidden))}.ckpt"
+    if not path.exists():
+        model = DeepStructuredModel(
+            PerPosition(MLP(784, hidden)),
+            ChainHead(5, 26, hidden[-1], pairwise="none"),
+            strategy="unary_only",
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"state_dict": model.state_dict(), "hyper_parameters": {"strategy": "unary_only"}},
+            path,
+        )
+    return path
+
+
+def _recipes() -> list[Path]:
+    return sorted(RECIPES.rglob("*.yaml"))
+
+
+def _twins() -> list[Path]:
+    return sorted(TWINS.rglob("*.yaml"))
+
+
+#: Twins run by default: the quick start, every strategy at both orders, one and two MLP layers,
+#: every hidden size H1 and H2 at least once, and the pairwise MLP. The other twins differ from
+#: these only in numbers and run under ``-m slow``.
+_DEFAULT_TWINS = {
+    "word50/quickstart.yaml",
+    "word50/quickstart_unary.yaml",
+    "word50/table1/unary_h128.yaml",
+    "word50/table1/joint1_h256.yaml",
+    "word50/table1/piecewise1_h512.yaml",
+    "word50/table1/pretrain1_h768.yaml",
+    "word50/table1/joint2_h1024.yaml",
+    "word50/table1/piecewise2_h512x32.yaml",
+    "word50/table1/pretrain2_h512x64.yaml",
+    "word50/table1/unary_h512x128.yaml",
+    "word50/table1/joint2_h512x512.yaml",
+    "word50/fig6/joint1_pair64_h512x256.yaml",
+}
+
+
+def _twin_params() -> list[Any]:
+    out = []
+    for p in _twins():
+        rel = str(p.relative_to(TWINS))
+        marks = () if rel in _DEFAULT_TWINS else (pytest.mark.slow,)
+        out.append(pytest.param(p, id=rel, marks=marks))
+    return out
+
+
+def _class_paths(node: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k == "class_path":
+                out[prefix] = str(v)
+            else:
+                out.update(_class_paths(v, key))
+    return out
+
+
+@pytest.fixture(scope="module")
+def word50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_word50(tmp_path_factory.getbasetemp())
+
+
+def test_recipes_are_generated() -> None:
+    """The YAML files are exactly what recipes/make_recipes.py writes."""
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import make_recipes
+    finally:
+        sys.path.remove(str(RECIPES))
+    stale = [
+        str(p.relative_to(ROOT))
+        for p, text in make_recipes.files().items()
+        if p.read_text() != text
+    ]
+    assert not stale, f"run `python recipes/make_recipes.py`; out of date: {stale[:5]}"
+
+
+def test_grid_covers_the_paper() -> None:
+    """Table 1 (70 runs: 10 unary MLPs x (unary + 6 structured)), Fig. 6 (30) and the quick start."""
+    table1 = list((RECIPES / "word50" / "table1").glob("*.yaml"))
+    fig6 = list((RECIPES / "word50" / "fig6").glob("*.yaml"))
+    assert len(table1) == 70 and len(fig6) == 30
+    assert (RECIPES / "word50" / "quickstart.yaml").is_file()
+    cfg = yaml.safe_load((RECIPES / "word50" / "table1" / "pretrain2_h512.yaml").read_text())
+    model = cfg["model"]["init_args"]
+    assert model["optimizer"]["init_args"] == {"lr": 0.001, "momentum": 0.95}
+    assert model["unary_checkpoint"] == "runs/word50/unary_h512/checkpoints/last.ckpt"
+    assert model["head"]["init_args"]["order"] == 2
+    assert cfg["data"]["init_args"]["batch_size"] == 100
+    sched = model["lr_scheduler"]
+    assert sched["init_args"] == {"mode": "max", "factor": 0.5, "patience": 0}
+    assert model["scheduler_monitor"] == "val/char_acc"
+
+
+@pytest.mark.parametrize("recipe", _recipes(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_recipe_has_a_twin(recipe: Path) -> None:
+    """Same classes and model settings; only the trainer and the data size differ."""
+    twin = TWINS / recipe.relative_to(RECIPES)
+    assert twin.is_file(), f"no tiny twin {twin.relative_to(ROOT)}"
+    a, b = yaml.safe_load(recipe.read_text()), yaml.safe_load(twin.read_text())
+    assert _class_paths(a) == _class_paths(b)
+    assert a["model"] == b["model"]
+    assert a["data"]["class_path"] == b["data"]["class_path"]
+
+
+def test_no_orphan_twins() -> None:
+    orphans = [t for t in _twins() if not (RECIPES / t.relative_to(TWINS)).is_file()]
+    assert not orphans
+
+
+def test_default_twins_exist() -> None:
+    missing = [t for t in _DEFAULT_TWINS if not (TWINS / t).is_file()]
+    assert not missing
+
+
+@pytest.mark.parametrize("twin", _twin_params())
+def test_twin_runs(
+    twin: Path, word50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``structlight fit`` on the twin: one training and one validation batch."""
+    from structlight.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "fit",
+        "--config",
+        str(twin),
+        "--data.init_args.root",
+        str(word50_root),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    cfg = yaml.safe_load(twin.read_text())
+    model = cfg["model"]["init_args"]
+    if model.get("unary_checkpoint"):
+        hidden = model["backbone"]["init_args"]["module"]["init_args"]["hidden"]
+        ckpt = stand_in_unary_checkpoint(word50_root.parent / "unary_ckpts", hidden)
+        args += ["--model.init_args.unary_checkpoint", str(ckpt)]
+    cli = build_cli(args)
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and metrics["train/loss"] >= -1e-4
+    assert "val/word_acc" in metrics and "val/char_acc" in metrics
+    assert cli.model.training_strategy == model["strategy"]
+
+
+@pytest.mark.slow
+def test_make_recipes_check_mode() -> None:
+    """``python recipes/make_recipes.py --check`` exits 0 on a clean tree."""
+    proc = subprocess.run(
+        [sys.executable, str(RECIPES / "make_recipes.py"), "--check"], capture_output=True
+    )
+    assert proc.returncode == 0, proc.stdout.decode()
