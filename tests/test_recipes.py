@@ -68,32 +68,8 @@ def _twins() -> list[Path]:
     return sorted(TWINS.rglob("*.yaml"))
 
 
-#: Twins run by default: the quick start, every strategy at both orders, one and two MLP layers,
-#: every hidden size H1 and H2 at least once, and the pairwise MLP. The other twins differ from
-#: these only in numbers and run under ``-m slow``.
-_DEFAULT_TWINS = {
-    "word50/quickstart.yaml",
-    "word50/quickstart_unary.yaml",
-    "word50/table1/unary_h128.yaml",
-    "word50/table1/joint1_h256.yaml",
-    "word50/table1/piecewise1_h512.yaml",
-    "word50/table1/pretrain1_h768.yaml",
-    "word50/table1/joint2_h1024.yaml",
-    "word50/table1/piecewise2_h512x32.yaml",
-    "word50/table1/pretrain2_h512x64.yaml",
-    "word50/table1/unary_h512x128.yaml",
-    "word50/table1/joint2_h512x512.yaml",
-    "word50/fig6/joint1_pair64_h512x256.yaml",
-}
-
-
 def _twin_params() -> list[Any]:
-    out = []
-    for p in _twins():
-        rel = str(p.relative_to(TWINS))
-        marks = () if rel in _DEFAULT_TWINS else (pytest.mark.slow,)
-        out.append(pytest.param(p, id=rel, marks=marks))
-    return out
+    return [pytest.param(p, id=str(p.relative_to(TWINS))) for p in _twins()]
 
 
 def _class_paths(node: Any, prefix: str = "") -> dict[str, str]:
@@ -159,11 +135,6 @@ def test_every_recipe_has_a_twin(recipe: Path) -> None:
 def test_no_orphan_twins() -> None:
     orphans = [t for t in _twins() if not (RECIPES / t.relative_to(TWINS)).is_file()]
     assert not orphans
-
-
-def test_default_twins_exist() -> None:
-    missing = [t for t in _DEFAULT_TWINS if not (TWINS / t).is_file()]
-    assert not missing
 
 
 @pytest.mark.parametrize("twin", _twin_params())
