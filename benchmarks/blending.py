@@ -57,7 +57,7 @@ class Model(nn.Module):
             order=order,
             blend=blend,
             max_sweeps=20,
-            tol=tol,
+            tol=tol if tol > 0 else None,
             num_train_examples=n,
         )
 
