@@ -213,6 +213,37 @@ class StructuredHead(nn.Module):
         self._plan_np = None
         self._plan_cache.clear()
 
+    def _add_unary_and_tables(
+        self,
+        in_features: int,
+        num_states: int,
+        unary_mode: Literal["per_variable", "global"],
+        unary_hidden: list[int] | None,
+        pairwise: str,
+        share: Share,
+        table_init_std: float,
+    ) -> list[int]:
+        """Register the ``"unary"`` term on every singleton and, for ``pairwise="table"``, one
+        ``K x K`` :class:`RegionTable` per ``share`` group of the pair regions.
+
+        Returns:
+            The pair regions (for a subclass that adds other pairwise terms).
+        """
+        graph = self.graph
+        self.add_potential(
+            "unary",
+            Unary(in_features, num_states, graph.num_vars, unary_mode, unary_hidden or []),
+            graph.regions_of_size(1),
+            unary=True,
+        )
+        edges = graph.regions_of_size(2)
+        if pairwise == "table" and edges:
+            groups = _groups(graph, edges, share)
+            self.add_potential(
+                "pairwise", RegionTable((num_states, num_states), groups, table_init_std), edges
+            )
+        return edges
+
     @property
     def unary_terms(self) -> list[str]:
         """Names of the terms marked unary."""
@@ -676,21 +707,12 @@ class ChainHead(StructuredHead):
             index_key=index_key,
             store_location=store_location,
         )
-        self.add_potential(
-            "unary",
-            Unary(in_features, num_states, num_vars, unary_mode, unary_hidden or []),
-            graph.regions_of_size(1),
-            unary=True,
+        edges = self._add_unary_and_tables(
+            in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
         )
-        edges = graph.regions_of_size(2)
-        if pairwise == "none" or not edges:
+        if pairwise != "mlp" or not edges:
             return
         groups = _groups(graph, edges, share)
-        if pairwise == "table":
-            self.add_potential(
-                "pairwise", RegionTable((num_states, num_states), groups, table_init_std), edges
-            )
-            return
         if pairwise_in_features is None:
             if pairwise_source != "features":
                 raise ValueError(
@@ -779,17 +801,6 @@ class FullyConnectedHead(StructuredHead):
             index_key=index_key,
             store_location=store_location,
         )
-        self.add_potential(
-            "unary",
-            Unary(in_features, num_states, num_vars, unary_mode, unary_hidden or []),
-            graph.regions_of_size(1),
-            unary=True,
-        )
-        edges = graph.regions_of_size(2)
-        if pairwise == "none" or not edges:
-            return
-        self.add_potential(
-            "pairwise",
-            RegionTable((num_states, num_states), _groups(graph, edges, share), table_init_std),
-            edges,
+        self._add_unary_and_tables(
+            in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
         )

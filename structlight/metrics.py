@@ -28,10 +28,10 @@ def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return preds.long(), target.long()
 
 
-class CharacterAccuracy(Metric):
-    """Percentage of correctly labelled positions over all positions seen.
+class _CountingAccuracy(Metric):
+    """``100 * correct / total`` with both counts summed across processes (correct under DDP).
 
-    ``update(preds, target)``: both ``(B, N)`` integer labels.
+    Subclasses say what one batch adds to the counts in :meth:`_counts`.
     """
 
     is_differentiable = False
@@ -46,44 +46,38 @@ class CharacterAccuracy(Metric):
         self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        raise NotImplementedError
+
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
-        preds, target = _check(preds, target)
-        self.correct += (preds == target).sum()
-        self.total += target.numel()
+        correct, total = self._counts(*_check(preds, target))
+        self.correct += correct
+        self.total += total
 
     def compute(self) -> Tensor:
         """Accuracy in percent."""
         return 100.0 * self.correct.float() / self.total.clamp_min(1).float()
 
 
-class WordAccuracy(Metric):
+class CharacterAccuracy(_CountingAccuracy):
+    """Percentage of correctly labelled positions over all positions seen.
+
+    ``update(preds, target)``: both ``(B, N)`` integer labels.
+    """
+
+    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        return (preds == target).sum(), target.numel()
+
+
+class WordAccuracy(_CountingAccuracy):
     """Percentage of sequences whose every position is correct (exact match).
 
     ``update(preds, target)``: both ``(B, N)`` integer labels.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    correct: Tensor
-    total: Tensor
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
-        preds, target = _check(preds, target)
-        self.correct += (preds == target).all(dim=1).sum()
-        self.total += target.shape[0]
-
-    def compute(self) -> Tensor:
-        """Exact-match accuracy in percent."""
-        return 100.0 * self.correct.float() / self.total.clamp_min(1).float()
+    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        return (preds == target).all(dim=1).sum(), target.shape[0]
 
 
 class HammingError(Metric):
