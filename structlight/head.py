@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from structlight.chain import chain_marginals, chain_potentials, chain_viterbi
 from structlight.graph import RegionGraph
 from structlight.inference import NEG_INF, ConvexBP
 from structlight.potentials import PairwiseMLP, RegionPotential, RegionTable, Unary
@@ -659,6 +660,9 @@ class ChainHead(StructuredHead):
         counting_numbers: ``c_r`` per region (default 1 for all).
         eps, sweeps_per_step, blend, max_sweeps, tol, loss_augmentation, num_train_examples,
         label_key, index_key, store_location: see :class:`StructuredHead`.
+        decoding: ``"marginal"`` (default): argmax of each position's belief after message
+            passing, as the paper; ``"viterbi"``: the exact MAP labelling by dynamic programming,
+            with exact marginals by the forward-backward algorithm (1st-order chains only).
     """
 
     task_type = "sequence"
@@ -689,10 +693,18 @@ class ChainHead(StructuredHead):
         label_key: str = "label",
         index_key: str = "index",
         store_location: StoreLocation = "device",
+        decoding: Literal["marginal", "viterbi"] = "marginal",
     ) -> None:
         if pairwise not in ("table", "mlp", "none"):
             raise ValueError(f"pairwise must be 'table', 'mlp' or 'none', got {pairwise!r}")
         _check_share(share)
+        if decoding not in ("marginal", "viterbi"):
+            raise ValueError(f"decoding must be 'marginal' or 'viterbi', got {decoding!r}")
+        if decoding == "viterbi" and order != 1:
+            raise ValueError(
+                f"decoding='viterbi' is exact on 1st-order chains only; this head has order={order}"
+            )
+        self.decoding = decoding
         graph = RegionGraph.chain(num_vars, num_states, order, counting_numbers=counting_numbers)
         super().__init__(
             graph,
@@ -736,6 +748,25 @@ class ChainHead(StructuredHead):
                 input_key=input_key,
             )
             self.add_potential(name, mlp, regs)
+
+    def predict(self, theta: Tensor, msgs: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode the batch: marginal decoding (default) or, with ``decoding="viterbi"``, the
+        exact MAP labelling and exact marginals (``msgs`` are then not used).
+
+        Args:
+            theta: ``(B, T)``.
+            msgs: ``(B, M)``.
+
+        Returns:
+            ``(labels, marginals)``: ``(B, N)`` long and ``(B, N, K)``.
+        """
+        if self.decoding == "marginal":
+            return super().predict(theta, msgs)
+        with torch.no_grad():
+            unary, pairwise = chain_potentials(self.graph, theta.detach())
+            labels, _ = chain_viterbi(unary, pairwise)
+            _, marginals, _ = chain_marginals(unary, pairwise)
+            return labels, marginals
 
 
 class FullyConnectedHead(StructuredHead):

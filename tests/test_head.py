@@ -367,3 +367,31 @@ def test_message_store_gather_scatter_resize_and_state_dict():
     head = ChainHead(3, 2, 2, num_train_examples=5)
     assert head.state_dict()["store.messages"].shape == (5, head.bp.num_message_entries)
     assert math.prod(head.store.messages.shape) == 5 * head.bp.num_message_entries
+
+
+def test_chain_head_viterbi_decoding_is_the_exact_map():
+    from structlight import ChainHead
+    from tests.conftest import brute_force_scores
+
+    torch.manual_seed(0)
+    head = ChainHead(4, 3, in_features=5, decoding="viterbi", table_init_std=1.0)
+    feats = torch.randn(6, 4, 5)
+    theta = head(feats).detach()
+    labels, marg = head.predict(theta, head.bp.init_messages(6))
+    pots = [
+        theta[:, head.bp._offsets[r] : head.bp._offsets[r] + head.graph.region_size(r)].reshape(
+            6, *head.graph.region_shape(r)
+        )
+        for r in range(head.graph.num_regions)
+    ]
+    all_labels, scores = brute_force_scores(head.graph, pots)
+    torch.testing.assert_close(labels, all_labels[scores.argmax(1)])
+    probs = torch.softmax(scores, 1)
+    exact0 = torch.zeros(6, 3).index_add(1, all_labels[:, 0], probs)
+    torch.testing.assert_close(marg[:, 0], exact0)
+    # the default stays marginal decoding from the messages
+    assert ChainHead(4, 3, in_features=5).decoding == "marginal"
+    with pytest.raises(ValueError, match="1st-order chains only"):
+        ChainHead(4, 3, in_features=5, order=2, decoding="viterbi")
+    with pytest.raises(ValueError, match="decoding must be"):
+        ChainHead(4, 3, in_features=5, decoding="map")
