@@ -169,6 +169,101 @@ class _Dense:
     pair_flags: tuple[bool, bool, bool]  # the same over pairs
 
 
+class _DenseDual(torch.autograd.Function):
+    """The fast path's dual for one state count and all ĉ = 1, with the beliefs as its gradient.
+
+    Forward: ``sum_i lse(fhat_i) + sum_e lse(fhat_e)`` (the reparameterised tables of
+    :meth:`ConvexBP._dense_fhat`), no autograd graph. The beliefs ``b = softmax(fhat)`` come out
+    of the same exps and are kept; backward is then ``dD/df_r = b_r`` and
+    ``dD/dlam[i->e](y_i) = sum_{y_j} b_e(y_i, y_j) - b_i(y_i)`` (DESIGN §1), times the output
+    gradient, with no graph of a dozen (E, K, K, B) ops to walk back.
+    """
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, msgs: Tensor, d: _Dense, tables: tuple | None) -> Tensor:
+        b, k = theta.shape[0], d.kmax
+        want = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        lam = ConvexBP._slots(msgs, d)  # (S, K, B)
+        la, lb = lam.index_select(0, d.end0), lam.index_select(0, d.end1)
+        out = None
+        bels = []
+        pair_done = None
+        if tables is not None:
+            # the sweep's exp tables (same theta data): exp(fhat_e - c_e - m_a - m_b) =
+            # E_e(y_a, y_b) x_a(y_a) x_b(y_b), x = exp(lam - max lam); log space where it
+            # underflows (the sweep's test)
+            nodes, epair, c = tables[0], tables[4], tables[5]
+            ma, mb = ConvexBP._tree_max(la, 1), ConvexBP._tree_max(lb, 1)
+            xa, xb = (la - ma).exp_(), (lb - mb).exp_()
+            e = torch.mul(epair.view(-1, k, k, b), xa.unsqueeze(2)).mul_(xb.unsqueeze(1))
+            e = e.view(-1, k * k, b)
+            s = e.sum(1, keepdim=True)
+            tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
+            if not bool(s.amin() < tiny):
+                val = s.log().add_(c).add_(ma).add_(mb)
+                pair_done = (e, s, val.sum(0)[0])
+        else:
+            nodes = ConvexBP._dense_tables(theta, d)[0]
+        xs = [nodes.index_add(0, d.slot_var, lam, alpha=-1)]
+        if pair_done is None:
+            pairs = ConvexBP._dense_tables(theta, d)[1]
+            # (f + lam_a) + lam_b: the general path's order of additions (same rounding)
+            fpair = pairs + la.unsqueeze(2)
+            fpair += lb.unsqueeze(1)
+            xs.append(fpair.view(-1, k * k, b))
+        for x in xs:
+            m = ConvexBP._tree_max(x, 1)
+            m.masked_fill_(m.isinf(), 0.0)  # as torch.logsumexp: no inf - inf
+            e = x.sub_(m).exp_()  # x is ours: reuse it
+            s = e.sum(1, keepdim=True)
+            val = s.log().add_(m).sum(0)[0]  # (B,)
+            out = val if out is None else out.add_(val)
+            if want:
+                bels.append(e.div_(s))
+        if pair_done is not None:
+            e, s, val = pair_done
+            out = out.add_(val)
+            if want:
+                bels.append(e.div_(s))
+        if want:
+            ctx.save_for_backward(*bels)
+            ctx.d = d
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        bn, bp = ctx.saved_tensors  # (N, K, B), (E, K*K, B)
+        d = ctx.d
+        b, k = grad.shape[0], d.kmax
+        g_theta = g_msgs = None
+        if ctx.needs_input_grad[0]:
+            nn_, ne = bn.shape[0] * k, bp.shape[0] * k * k
+            gt = grad.new_empty(nn_ + ne, b)
+            torch.mul(bn.view(-1, b), grad, out=gt[:nn_])
+            torch.mul(bp.view(-1, b), grad, out=gt[nn_:])
+            span = (d.node_span, d.pair_span)
+            if span == ((0, nn_), (nn_, nn_ + ne)):
+                g_theta = gt.t()
+            else:  # scatter to the packed positions (region order may interleave)
+                pos = torch.cat([d.node_flat, d.pair_flat])
+                g_theta = gt.new_zeros(gt.shape[0], b).index_copy_(0, pos, gt).t()
+        if ctx.needs_input_grad[1]:
+            bp4 = bp.view(-1, k, k, b)
+            gm = bn.index_select(0, d.slot_var).neg_()  # (S, K, B)
+            gm.index_add_(0, d.end0, bp4.sum(2))
+            gm.index_add_(0, d.end1, bp4.sum(1))
+            gm = gm.view(-1, b).mul_(grad)
+            g_msgs = (gm if d.in_order else gm.index_select(0, d.to_general)).t()
+        return g_theta, g_msgs, None, None
+
+
+def _handoff_sig(t: Tensor) -> tuple:
+    """What identifies a tensor's data while its storage is held alive: the storage (its
+    address), the view on it and the version counter (shared by ``detach()`` and views, bumped
+    by every in-place change)."""
+    return (t.data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype, t.device, t._version)
+
+
 @dataclass
 class _Compiled:
     blocks: list[_Block]
@@ -238,6 +333,9 @@ class ConvexBP:
         self._np_dense = self._compile_dense() if fast_path else None
         self._cache: dict[tuple[torch.device, torch.dtype], _Compiled] = {}
         self._prep: tuple | None = None  # (weakref to theta, its version, sweep tables)
+        # (theta's storage, its signature, exp-space sweep tables): left by a sweep for the next
+        # dual on the same data (see _handoff_sig), used once
+        self._handoff: tuple | None = None
 
     # ------------------------------------------------------------------ compilation
     def _compile_numpy(self) -> dict:
@@ -816,12 +914,13 @@ class ConvexBP:
             nodes, pairs = self._dense_tables(theta, d)
             pairs = pairs.view(pairs.shape[0], -1, b)  # (E, K*K, B)
             c = self._tree_max(pairs, 1)  # (E, 1, B)
-            etab = (pairs - c).exp_().view(-1, b).index_select(0, d.tab_local)
+            epair = (pairs - c).exp_()  # (E, K*K, B) in tuple order, kept for the dual
+            etab = epair.view(-1, b).index_select(0, d.tab_local)
             etab = etab.view(-1, d.kmax, d.kmax, b)
             c_msg = c.view(-1, b).index_select(0, d.msg_pair).unsqueeze(1)  # (P_all, 1, B)
-            return nodes, None, etab, c_msg
+            return nodes, None, etab, c_msg, epair, c
         nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
-        return nodes, tabs, None, None
+        return nodes, tabs, None, None, None, None
 
     def _cached_tables(self, key: Tensor, theta: Tensor, d: _Dense) -> tuple:
         """:meth:`_sweep_tables`, reused while ``key`` (the caller's theta) is alive and unchanged.
@@ -855,7 +954,10 @@ class ConvexBP:
         #   mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j),
         # E_e = exp(f_e - c_e) once per theta, x = exp(lam[j->e] - m) per block. Where a sum
         # comes out too small to be exact (exp underflow), the block redoes it in log space.
-        nodes, tabs, etab, c_msg = self._cached_tables(key, theta, d)
+        tables = self._cached_tables(key, theta, d)
+        nodes, tabs, etab, c_msg = tables[:4]
+        if etab is not None and not key.is_inference():
+            self._handoff = (key.untyped_storage(), _handoff_sig(key), tables)
         tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
         tt = None
         if etab is not None and b == 1:
@@ -970,6 +1072,12 @@ class ConvexBP:
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
             d = comp.dense
+            if d.uniform and d.node_flags[2] and d.pair_flags[2]:
+                hand, self._handoff = self._handoff, None
+                tables = None
+                if hand is not None and not theta.is_inference() and hand[1] == _handoff_sig(theta):
+                    tables = hand[2]
+                return _DenseDual.apply(theta, msgs, d, tables)
             nodes, pairs = self._dense_fhat(theta, msgs, d)
             k = d.kmax
             pairs = pairs.view(pairs.shape[0], k * k, -1)

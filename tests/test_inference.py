@@ -424,3 +424,78 @@ def test_exp_space_batch_of_one_is_exact_for_extreme_potentials(scale):
         assert torch.isfinite(mf).all()
         torch.testing.assert_close(mf, mg, rtol=1e-12, atol=1e-9 * scale)
     torch.testing.assert_close(fast.dual(theta, mf), general.dual(theta, mg), rtol=1e-12, atol=0)
+
+
+DUAL_GRAPHS = [
+    RegionGraph.chain(5, 26),  # exp space, the blended step's graph
+    RegionGraph.grid(3, 3, 4),  # region order interleaves nothing; B = 1 below too
+    RegionGraph.chain(4, 2),  # two states: log space only
+]
+
+
+def _dual_and_grads(bp, theta, lam):
+    theta = theta.detach().clone().requires_grad_(True)
+    lam = lam.detach().clone().requires_grad_(True)
+    d = bp.dual(theta, lam)
+    w = torch.linspace(0.5, 1.5, d.shape[0], dtype=d.dtype)  # a non-uniform output gradient
+    g_theta, g_lam = torch.autograd.grad((d * w).sum(), (theta, lam))
+    return d.detach(), g_theta, g_lam
+
+
+@pytest.mark.parametrize("graph", DUAL_GRAPHS)
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+@pytest.mark.parametrize("b", [1, 4])
+@pytest.mark.parametrize("after_sweep", [False, True])
+def test_fast_dual_function_matches_autograd_of_general_path(graph, scale, b, after_sweep):
+    """The fast path's dual (a custom autograd Function, beliefs as its backward, exp tables
+    handed over by a sweep on the same theta) == autograd through the general path, float64."""
+    fast, general = ConvexBP(graph), ConvexBP(graph, fast_path=False)
+    pots = random_pots(graph, b, 5, scale=scale)
+    pots[0][0, 0] = float("-inf")  # a forbidden state
+    if b > 1:
+        pots[graph.num_vars][1, 0] = float("-inf")  # a forbidden row of a pair table
+        pots[graph.num_vars + 1][2] = float("-inf")  # a whole pair table forbidden
+    theta = fast.pack(pots).requires_grad_(True)
+    lam = fast.init_messages(b, DT)
+    for _ in range(2):
+        lam = general.sweep(theta, lam)
+    lam = lam + scale * torch.randn_like(lam)
+    if after_sweep:  # the blended step: sweep on theta.detach(), then the dual on theta
+        lam = fast.sweep(theta.detach(), lam)
+        assert fast._handoff is not None or not fast._compiled(theta.device, DT).dense.exp_space
+    d_f, gt_f, gl_f = _dual_and_grads(general, theta, lam)  # reference first: no handoff
+    theta_same = theta  # the same tensor: the handoff applies
+    calls = []
+    tables = ConvexBP._dense_tables
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            ConvexBP, "_dense_tables", staticmethod(lambda *a: calls.append(1) or tables(*a))
+        )
+        dd = fast.dual(theta_same, lam.requires_grad_(True))
+    exp_space = fast._compiled(theta.device, DT).dense.exp_space
+    if after_sweep and exp_space and scale == 1.0 and b == 1:  # no underflow: theta unread
+        assert not calls
+    w = torch.linspace(0.5, 1.5, b, dtype=DT)
+    g1, g2 = torch.autograd.grad((dd * w).sum(), (theta_same, lam))
+    assert fast._handoff is None
+    torch.testing.assert_close(dd, d_f, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(g1, gt_f, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g2, gl_f, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(g1).all() and torch.isfinite(g2).all()
+
+
+def test_dual_handoff_is_dropped_when_theta_changes():
+    """A sweep's exp tables serve the next dual only on the same, unchanged theta data."""
+    graph = RegionGraph.chain(5, 26)
+    fast, general = ConvexBP(graph), ConvexBP(graph, fast_path=False)
+    theta = fast.pack(random_pots(graph, 3, 8, scale=3.0))
+    lam = fast.sweep(theta.detach(), fast.init_messages(3, DT))
+    with torch.no_grad():
+        theta.mul_(-1.5)  # in place: the version counter moves on
+    torch.testing.assert_close(fast.dual(theta, lam), general.dual(theta, lam), rtol=1e-12, atol=0)
+    # a copy of the data (another storage) does not hit either, and nor does a second dual
+    lam = fast.sweep(theta, lam)
+    other = theta.clone()
+    torch.testing.assert_close(fast.dual(other, lam), general.dual(other, lam), rtol=1e-12, atol=0)
+    assert fast._handoff is None
+    torch.testing.assert_close(fast.dual(theta, lam), general.dual(theta, lam), rtol=1e-12, atol=0)
