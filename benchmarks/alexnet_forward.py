@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,22 +29,15 @@ import torch
 from datamodules.flickr import MirFlickrDataModule, _check_images, _image_path
 from structlight.backbones import AlexNet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timeit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn`` in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timeit(fn, repeats, warmup=1, device=device).median / 1e3
 
 
 def time_networks(batch: int, repeats: int, device: torch.device) -> None:

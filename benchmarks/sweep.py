@@ -15,34 +15,27 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from structlight import ConvexBP, RegionGraph
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timeit as _timeit  # noqa: E402
+
+from structlight import ConvexBP, RegionGraph  # noqa: E402
+
+
+def timeit(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` in milliseconds (3 warm-up calls)."""
+    return _timeit(fn, repeats, warmup=3, device=device).median
+
 
 CASES = {
     "chain2 5x26 B=100": (lambda: RegionGraph.chain(5, 26, order=2), 100),
     "fully connected 38x2 B=300": (lambda: RegionGraph.fully_connected(38, 2), 300),
     "grid 32x32x5 B=1": (lambda: RegionGraph.grid(32, 32, 5), 1),
 }
-
-
-def timeit(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def measure(bp: ConvexBP, theta, msgs, repeats: int, device: torch.device) -> list[float]:
