@@ -38,6 +38,11 @@ messages of its own examples:
   the same, or on any other, number of processes (and a single-process checkpoint resumes under
   DDP). Each rank briefly holds the whole tensor while the checkpoint is loaded (Lightning loads
   the checkpoint file in every process); rank 0 holds it while saving.
+* **Exit.** A process that exits with a live ``gloo`` process group can abort in interpreter
+  finalisation (``terminate called without an active exception``, exit status -6) when gloo's
+  worker threads are torn down after Python is. Lightning never destroys the group, so
+  :class:`structlight.DeepStructuredModel` registers :func:`destroy_process_group_at_exit`
+  once a run has more than one process.
 * **Buffers.** The messages are not a registered buffer, so ``DistributedDataParallel`` neither
   syncs them at wrapping time nor broadcasts rank 0's over the others at every forward
   (``broadcast_buffers=True``, its default).
@@ -45,6 +50,7 @@ messages of its own examples:
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator, Sized
 from typing import Any
@@ -72,6 +78,7 @@ from structlight.testing import EpochShuffleSampler
 __all__ = [
     "ShardedSampler",
     "check_train_sampler",
+    "destroy_process_group_at_exit",
     "gather_store",
     "install_sharded_sampler",
     "message_bytes_per_example",
@@ -252,6 +259,32 @@ def install_sharded_sampler(trainer: pl.Trainer) -> bool:
         return True
     loop._data_source = _ShardedTrainSource(source, rank, world)
     return True
+
+
+_EXIT_HOOK_REGISTERED = False
+
+
+def _destroy_default_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as err:  # never turn a clean exit into a failure
+            rank_zero_warn(f"destroying the default process group at exit failed: {err!r}")
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (registered once).
+
+    ``torch.distributed`` leaves an undestroyed ``gloo`` group's worker threads to C++ static
+    destruction, after Python's finalisation has begun; that can end a finished run with
+    ``terminate called without an active exception`` (SIGABRT, exit status -6). An
+    :mod:`atexit` handler runs while the interpreter is still whole. Idempotent; a no-op at exit
+    when no group is initialised (or the user destroyed it already).
+    """
+    global _EXIT_HOOK_REGISTERED
+    if not _EXIT_HOOK_REGISTERED:
+        atexit.register(_destroy_default_group)
+        _EXIT_HOOK_REGISTERED = True
 
 
 def check_train_sampler(trainer: pl.Trainer, loader: object) -> None:

@@ -56,7 +56,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from structlight.distributed import check_train_sampler, gather_store, install_sharded_sampler
+from structlight.distributed import (
+    check_train_sampler,
+    destroy_process_group_at_exit,
+    gather_store,
+    install_sharded_sampler,
+)
 from structlight.head import StructuredHead, StructuredLoss
 from structlight.metrics import task_metrics
 from structlight.store import MessageStore
@@ -280,6 +285,7 @@ class DeepStructuredModel(pl.LightningModule):
         if world > 1:
             store.shard(rank, world)
             install_sharded_sampler(trainer)
+            destroy_process_group_at_exit()
 
     def setup(self, stage: str) -> None:
         """Size the message store from the datamodule (``num_train_examples`` or its length).

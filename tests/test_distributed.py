@@ -360,3 +360,32 @@ def test_model_trained_under_ddp_refuses_another_world_size_in_process():
     model.head.store.shard(0, 2)  # as left in rank 0 after a DDP fit
     with pytest.raises(RuntimeError, match="holds only shard 0 of 2.*resume from a checkpoint"):
         make_trainer(1, 1, val=False).fit(model, dm)
+
+
+_EXIT_SCRIPT = """
+import atexit, sys, tempfile
+import torch.distributed as dist
+from structlight.distributed import destroy_process_group_at_exit
+
+# Registered first, so it runs last (atexit is last-in, first-out): after structlight's handler.
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+store = tempfile.NamedTemporaryFile(delete=False).name
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+if sys.argv[1] == "hook":
+    destroy_process_group_at_exit()
+    destroy_process_group_at_exit()  # idempotent: one handler
+print("registered", flush=True)
+"""
+
+
+@pytest.mark.parametrize("hook", ["hook", "none"])
+def test_process_group_is_destroyed_at_exit_once_registered(tmp_path, hook):
+    """A gloo group left alive can abort a finished DDP run at exit (SIGABRT in finalisation)."""
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), hook], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "registered" in done.stdout
+    assert f"initialized at exit: {hook == 'none'}" in done.stdout
