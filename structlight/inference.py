@@ -792,7 +792,10 @@ class ConvexBP:
             msgs: ``(B, M)`` messages.
 
         Returns:
-            New ``(B, M)`` messages (the input is not modified). The dual never increases.
+            New ``(B, M)`` messages (the input is not modified). The dual never increases. On
+            the pairwise fast path with ``B > 1`` they are a transposed view of an ``(M, B)``
+            tensor (``out.t()`` is contiguous): the next sweep or dual reads them without a
+            transpose. Call ``.contiguous()`` where a flat row-major layout is needed.
         """
         theta = key = self._prepare(pots, msgs)
         with torch.no_grad():
@@ -851,16 +854,27 @@ class ConvexBP:
         return [nodes, pairs.view(-1, k, k, b)]
 
     @staticmethod
-    def _slots(msgs: Tensor, d: _Dense) -> Tensor:
-        """Messages ``(B, M)`` as slots ``(S, K, B)``: a new tensor, padded for mixed K."""
+    def _slots(msgs: Tensor, d: _Dense, copy: bool = False) -> Tensor:
+        """Messages ``(B, M)`` as slots ``(S, K, B)``, padded for mixed K.
+
+        A new tensor with ``copy`` (the sweep writes into it); otherwise possibly a view of
+        ``msgs``: the messages a sweep returns are already laid out ``(M, B)`` underneath (see
+        :meth:`ConvexBP.sweep`), and then no transpose is needed.
+        """
         b = msgs.shape[0]
         if not d.uniform:
             msgs = torch.cat([msgs, msgs.new_zeros(b, 1)], dim=1)
         if b == 1:
-            mt = msgs.view(-1).index_select(0, d.from_general)
+            mt = msgs.reshape(-1).index_select(0, d.from_general)
         else:
-            mt = msgs.t().contiguous()  # (M, B)
-            mt = mt if d.in_order else mt.index_select(0, d.from_general)
+            mt = msgs.t()
+            fresh = not mt.is_contiguous()
+            if fresh:
+                mt = mt.contiguous()  # a transpose (M, B): a new tensor
+            if not d.in_order:
+                mt, fresh = mt.index_select(0, d.from_general), True
+            if copy and not fresh:  # msgs was (M, B) in memory already
+                mt = mt.clone()
         return mt.view(-1, d.kmax, b)
 
     @staticmethod
@@ -888,8 +902,10 @@ class ConvexBP:
             v *= blk.inv
         if k == 2 and not blk.all_zero:
             # two states: m + log(1 + exp(-|v_0 - v_1|)), the same formula with half the exps
-            m = torch.maximum(v[:, 0], v[:, 1])
-            mu = torch.sub(v[:, 0], v[:, 1]).abs_().neg_().exp_().add_(1).log_().add_(m)
+            # (min - max = -|v_0 - v_1| exactly, one op fewer than abs and neg)
+            v0, v1 = v[:, 0], v[:, 1]
+            m = torch.maximum(v0, v1)
+            mu = torch.minimum(v0, v1).sub_(m).exp_().add_(1).log_().add_(m)
             m = m.unsqueeze(1)
         else:
             m = self._tree_max(v, 1)
@@ -948,7 +964,7 @@ class ConvexBP:
     def _sweep_dense(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor:
         """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
         b = theta.shape[0]
-        lam = self._slots(msgs, d)  # (S, K, B), a copy: the input stays as is
+        lam = self._slots(msgs, d, copy=True)  # (S, K, B), a copy: the input stays as is
         # exp space (CPU, one K >= EXP_MIN_STATES, all ĉ = 1): with c_e = max f_e and
         # m = max_{y_j} lam[j->e],
         #   mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j),
@@ -993,17 +1009,24 @@ class ConvexBP:
             if mu is None:
                 mu = self._update_log(v, lo, blk, d.kmax)
             # a_i = f_i + sum_{e at i} mu[e->i];  lam[i->e] = w_e a_i - mu[e->i]
+            # (written straight into the block's slots: they are not read again this block)
             a = nodes.index_select(0, blk.nodes)
+            out = lam[blk.start : blk.stop]
             if blk.single:
-                new = (a + mu.sum(0, keepdim=True)) * blk.weight - mu
+                a.add_(mu.sum(0, keepdim=True))
+                if isinstance(blk.weight, float):
+                    torch.sub(a.mul_(blk.weight), mu, out=out)
+                else:
+                    torch.sub(a * blk.weight, mu, out=out)
             else:
                 a.index_add_(0, blk.node_pos, mu)
-                new = a.index_select(0, blk.node_pos).mul_(blk.weight).sub_(mu)
+                torch.index_select(a, 0, blk.node_pos, out=out).mul_(blk.weight).sub_(mu)
             if not d.uniform:
-                new *= blk.mask  # padding states send 0
-            lam[blk.start : blk.stop] = new
+                out *= blk.mask  # padding states send 0
         lam = lam.view(-1, b)
-        return (lam if d.in_order else lam.index_select(0, d.to_general)).t().contiguous()
+        # (B, M) as a transposed view of (M, B): the next sweep or dual on these messages reads
+        # them without a transpose, and a store's scatter copies them in one pass
+        return (lam if d.in_order else lam.index_select(0, d.to_general)).t()
 
     def run(
         self,

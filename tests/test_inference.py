@@ -359,9 +359,17 @@ def test_fast_path_is_exact_for_extreme_potentials(graph, scale, eps):
     torch.testing.assert_close(m32.double(), m64, rtol=1e-4, atol=1e-4 * scale / eps)
 
 
-@pytest.mark.parametrize("graph", [RegionGraph.grid(3, 4, 5), RegionGraph.chain(4, 9)])
+@pytest.mark.parametrize(
+    "graph",
+    [
+        RegionGraph.grid(3, 4, 5),
+        RegionGraph.chain(4, 9),
+        RegionGraph.fully_connected(4, 2),
+        RegionGraph([2, 3, 3], [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2)]),  # mixed K
+    ],
+)
 def test_sweep_leaves_its_inputs_alone(graph):
-    bp = ConvexBP(graph)
+    bp, general = ConvexBP(graph), ConvexBP(graph, fast_path=False)
     for b in (1, 3):
         theta = bp.pack(random_pots(graph, b, 0))
         msgs = torch.randn(b, bp.num_message_entries, dtype=DT)
@@ -370,6 +378,14 @@ def test_sweep_leaves_its_inputs_alone(graph):
         assert out.data_ptr() != msgs.data_ptr()
         torch.testing.assert_close(theta, theta0, rtol=0, atol=0)
         torch.testing.assert_close(msgs, msgs0, rtol=0, atol=0)
+        # a sweep's output may be laid out (M, B) underneath; fed back, it is read without a
+        # transpose and must still be left alone (and the sweep be the general path's)
+        out0 = out.clone()
+        again = bp.sweep(theta, out)
+        assert again.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+        torch.testing.assert_close(out, out0, rtol=0, atol=0)
+        torch.testing.assert_close(again, general.sweep(theta, out0), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(bp.dual(theta, out), general.dual(theta, out0), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(
