@@ -63,11 +63,22 @@ def _clamp(theta: Tensor) -> Tensor:
     (Skipping the copy saves its time and the backward's mask; on a GPU the check would cost a
     device sync, so the clamp always runs there.)
     """
-    if theta.device.type == "cpu" and (
-        theta.numel() == 0 or not bool(theta.detach().amin() < NEG_INF)
-    ):
-        return theta
+    global _CLAMP_CHECKED
+    if theta.device.type == "cpu":
+        # the last tensor found clean, while it lives unchanged (a solver loop passes one theta
+        # to every sweep and dual): its check is not repeated
+        memo = _CLAMP_CHECKED
+        if memo is not None and memo[0]() is theta and memo[1] == theta._version:
+            return theta
+        if theta.numel() == 0 or not bool(theta.detach().amin() < NEG_INF):
+            if not theta.is_inference():  # (inference tensors have no version counter)
+                _CLAMP_CHECKED = (weakref.ref(theta), theta._version)
+            return theta
     return theta.clamp_min(NEG_INF)
+
+
+#: ``(weakref, version)`` of the last CPU potentials :func:`_clamp` found with nothing to clamp.
+_CLAMP_CHECKED: tuple | None = None
 
 
 def _lse_shifted(x: Tensor, m: Tensor, dim: int) -> Tensor:
@@ -122,6 +133,7 @@ class _DenseBlock:
     other_flat: Tensor  # (P*K,) the same entries as positions in the flat (S*K,) messages (B = 1)
     nodes: Tensor  # (S,) the block's variables (rows of the node tables)
     node_pos: Tensor  # (P,) position in the block of the node sending each message
+    node_pos_flat: Tensor  # (P*K,) the same as positions in the flat (S_block*K,) scores (B = 1)
     chat: Tensor  # (P, 1, 1) ĉ of each pair
     inv: Tensor  # (P, 1, 1, 1) 1 / ĉ (1 where ĉ = 0)
     weight: Tensor | float  # (P, 1, 1) c_e / (c_i + sum_e' c_e'), or one number for all
@@ -570,6 +582,9 @@ class ConvexBP:
                     ).reshape(-1),
                     nodes=np.array(nodes, dtype=np.int64),
                     node_pos=np.array(node_pos, dtype=np.int64),
+                    node_pos_flat=(
+                        np.array(node_pos, dtype=np.int64)[:, None] * kmax + np.arange(kmax)
+                    ).reshape(-1),
                     chat=chat_a[:, None, None],
                     inv=inv[:, None, None, None],
                     weight=float(w[0]) if np.all(w == w[0]) else w[:, None, None],
@@ -1018,6 +1033,11 @@ class ConvexBP:
                     torch.sub(a.mul_(blk.weight), mu, out=out)
                 else:
                     torch.sub(a * blk.weight, mu, out=out)
+            elif b == 1:  # flat gathers: far faster than rows of (K, 1)
+                af, pf = a.view(-1), blk.node_pos_flat
+                af.index_add_(0, pf, mu.view(-1))
+                torch.index_select(af, 0, pf, out=out.view(-1))
+                out.mul_(blk.weight).sub_(mu)
             else:
                 a.index_add_(0, blk.node_pos, mu)
                 torch.index_select(a, 0, blk.node_pos, out=out).mul_(blk.weight).sub_(mu)
@@ -1026,6 +1046,8 @@ class ConvexBP:
         lam = lam.view(-1, b)
         # (B, M) as a transposed view of (M, B): the next sweep or dual on these messages reads
         # them without a transpose, and a store's scatter copies them in one pass
+        if b == 1 and not d.in_order:
+            return lam.view(-1).index_select(0, d.to_general).view(1, -1)
         return (lam if d.in_order else lam.index_select(0, d.to_general)).t()
 
     def run(

@@ -515,3 +515,17 @@ def test_dual_handoff_is_dropped_when_theta_changes():
     torch.testing.assert_close(fast.dual(other, lam), general.dual(other, lam), rtol=1e-12, atol=0)
     assert fast._handoff is None
     torch.testing.assert_close(fast.dual(theta, lam), general.dual(theta, lam), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_forbidden_state_written_in_place_after_a_clean_sweep_is_still_clamped(fast_path):
+    """The clean-potentials check is remembered per tensor only while it is unchanged."""
+    graph = RegionGraph.chain(4, 3)
+    bp, ref = ConvexBP(graph, fast_path=fast_path), ConvexBP(graph, fast_path=False)
+    theta = bp.pack(random_pots(graph, 2, 0)).float()
+    msgs = bp.sweep(theta, bp.init_messages(2))  # theta found clean (and remembered)
+    theta[0, 0] = float("-inf")  # in place: variable 0 may not take state 0 in example 0
+    out = bp.sweep(theta, msgs)
+    assert torch.isfinite(out).all() and torch.isfinite(bp.dual(theta, out)).all()
+    clamped = theta.clamp_min(NEG_INF)
+    torch.testing.assert_close(out, ref.sweep(clamped, msgs.contiguous()))
