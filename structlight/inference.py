@@ -207,7 +207,9 @@ class _DenseDual(torch.autograd.Function):
             nodes, epair, c = tables[0], tables[4], tables[5]
             ma, mb = ConvexBP._tree_max(la, 1), ConvexBP._tree_max(lb, 1)
             xa, xb = (la - ma).exp_(), (lb - mb).exp_()
-            e = torch.mul(epair.view(-1, k, k, b), xa.unsqueeze(2)).mul_(xb.unsqueeze(1))
+            # (epair is (E, K*K, 1) when the batch shares its pair tables: broadcast)
+            e = torch.mul(epair.view(-1, k, k, epair.shape[-1]), xa.unsqueeze(2))
+            e = e.mul_(xb.unsqueeze(1))
             e = e.view(-1, k * k, b)
             s = e.sum(1, keepdim=True)
             tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
@@ -942,16 +944,46 @@ class ConvexBP:
         """
         b = theta.shape[0]
         if d.exp_space and theta.device.type == "cpu":
-            nodes, pairs = self._dense_tables(theta, d)
-            pairs = pairs.view(pairs.shape[0], -1, b)  # (E, K*K, B)
-            c = self._tree_max(pairs, 1)  # (E, 1, B)
-            epair = (pairs - c).exp_()  # (E, K*K, B) in tuple order, kept for the dual
-            etab = epair.view(-1, b).index_select(0, d.tab_local)
-            etab = etab.view(-1, d.kmax, d.kmax, b)
-            c_msg = c.view(-1, b).index_select(0, d.msg_pair).unsqueeze(1)  # (P_all, 1, B)
-            return nodes, None, etab, c_msg, epair, c
+            shared = self._shared_pairs(theta, d)
+            if shared is not None:
+                # one set of pair tables for the whole batch (e.g. a head's K x K tables):
+                # exps once, and each block's sums are (K, K) @ (K, B) products
+                nodes, pairs = shared  # (N, K, B), (E, K*K, 1)
+                bt = 1
+            else:
+                nodes, pairs = self._dense_tables(theta, d)
+                pairs = pairs.view(pairs.shape[0], -1, b)  # (E, K*K, B)
+                bt = b
+            c = self._tree_max(pairs, 1)  # (E, 1, bt)
+            epair = (pairs - c).exp_()  # (E, K*K, bt) in tuple order, kept for the dual
+            etab = epair.view(-1, bt).index_select(0, d.tab_local)
+            etab = etab.view(-1, d.kmax, d.kmax, bt)  # [q, y_j, y_i]
+            c_msg = c.view(-1, bt).index_select(0, d.msg_pair).unsqueeze(1)  # (P_all, 1, bt)
+            # shared: [q, y_i, y_j], the left factor of the block's batched matrix products
+            etab_t = etab[..., 0].transpose(1, 2).contiguous() if shared is not None else None
+            return nodes, None, etab, c_msg, epair, c, etab_t
         nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
-        return nodes, tabs, None, None, None, None
+        return nodes, tabs, None, None, None, None, None
+
+    @staticmethod
+    def _shared_pairs(theta: Tensor, d: _Dense) -> tuple[Tensor, Tensor] | None:
+        """``(nodes (N, K, B), pairs (E, K*K, 1))`` when every example has the same pair tables.
+
+        Checked on the data (the first and last example first; then every column's max and min
+        over the batch must agree, which a NaN never passes); None otherwise, with one example,
+        or when the node or pair entries are not contiguous ranges of theta.
+        """
+        b = theta.shape[0]
+        if b == 1 or d.node_span is None or d.pair_span is None:
+            return None
+        p0, p1 = d.pair_span
+        part = theta[:, p0:p1]
+        first = part[:1]
+        if not torch.equal(first, part[-1:]) or not torch.equal(part.amax(0), part.amin(0)):
+            return None
+        n0, n1 = d.node_span
+        nodes = theta[:, n0:n1].t().contiguous().view(-1, d.kmax, b)
+        return nodes, first.t().reshape(-1, d.kmax * d.kmax, 1)
 
     def _cached_tables(self, key: Tensor, theta: Tensor, d: _Dense) -> tuple:
         """:meth:`_sweep_tables`, reused while ``key`` (the caller's theta) is alive and unchanged.
@@ -987,6 +1019,7 @@ class ConvexBP:
         # comes out too small to be exact (exp underflow), the block redoes it in log space.
         tables = self._cached_tables(key, theta, d)
         nodes, tabs, etab, c_msg = tables[:4]
+        etab_t = tables[6]  # shared pair tables: [q, y_i, y_j] (else None)
         if etab is not None and not key.is_inference():
             self._handoff = (key.untyped_storage(), _handoff_sig(key), tables)
         tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
@@ -1009,6 +1042,8 @@ class ConvexBP:
                 x = (lo1 - m).exp_()
                 if b == 1:  # sum_{y_j} E[p, y_j, y_i] x[p, y_j] as P tiny (1, K) @ (K, K)
                     s = torch.bmm(x.unsqueeze(1), e1[blk.start : blk.stop]).squeeze(1)
+                elif etab_t is not None:  # one table for the batch: P (K, K) @ (K, B)
+                    s = torch.bmm(etab_t[blk.start : blk.stop], x)
                 else:
                     s = torch.mul(e1[blk.start : blk.stop], x.unsqueeze(2)).sum(1)
                 if not bool(s.amin() < tiny):
