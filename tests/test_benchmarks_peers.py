@@ -96,10 +96,17 @@ def test_peers_chain_quick_without_peers(monkeypatch, capsys) -> None:
     out = chain.main(["--quick", "--profile"])
     text = capsys.readouterr().out
     assert "skipping pytorch-crf" in text and "skipping torch-struct" in text
-    assert set(out) == {"unary (cross-entropy)", "ours exact", "ours blended"}
+    assert set(out) == {
+        "unary (cross-entropy)",
+        "ours exact",
+        "ours blended",
+        "ours blended, ChainHead",
+    }
     assert out["unary (cross-entropy)"][4] == pytest.approx(1.0)
     # the blended loss bounds the exact NLL from above (convex upper bound on log Z)
     assert out["ours blended"][5] >= out["ours exact"][5] - 1e-4
+    # the library's ChainHead runs the same model and step: the same first loss
+    assert out["ours blended, ChainHead"][5] == pytest.approx(out["ours blended"][5], rel=1e-5)
     assert "Blended step, profiled" in text
 
 
