@@ -14,7 +14,8 @@ examples with ``jax.vmap`` and jit-compiled, timed with ``block_until_ready``.
 
 Columns:
 
-* per iteration: a run of ``--iters`` iterations from zero messages, divided by ``--iters``
+* per iteration: a run of ``--iters`` iterations from zero messages, divided by ``--iters``,
+  timed in interleaved rounds (ours, PGMax, and with ``--compile`` our compiled sweeps)
   (one PGMax iteration = one parallel update of all messages, one of ours = one sweep);
 * convergence, per example, within ``--cap`` iterations: PGMax until the largest message
   change is below ``1e-4`` (its ``run_with_diffs``); ours until the dual changes by less than
@@ -25,7 +26,10 @@ Columns:
   example of the batch has converged; PGMax, one jit-compiled run of as many iterations as its
   slowest *converging* example needed (a number it could not know in advance, so this favours
   PGMax); where some examples never converge, the run of ``--cap`` iterations, marked ``*``;
-* ratios are PGMax time / our time (above 1: ours is faster).
+* ratios are PGMax time / our time (above 1: ours is faster);
+* with ``--compile``, also ``ConvexBP(compile=True)``: its time per sweep (after a first,
+  compiling sweep, whose seconds are printed apart), the ratio to PGMax, and the largest
+  difference from the eager sweeps' messages after ``--iters`` sweeps.
 
 A sanity check on a tree (a 1st-order chain 5 x 26, batch 100) compares both with the exact
 marginals of :func:`structlight.chain_marginals`. Loopy BP is exact on a tree, so PGMax should
@@ -38,6 +42,7 @@ PGMax 0.6.1 calls ``jax.lib.xla_bridge.get_backend()``, gone from jax 0.8 on; wi
 jax this script aliases it to ``jax.extend.backend.get_backend`` and says so.
 
     python benchmarks/peers_mp.py [--quick] [--device cpu|cuda] [--repeats N] [--threads N]
+                                  [--compile]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import argparse
 import functools
 import os
 import sys
+import time
 import types
 import warnings
 from collections.abc import Callable
@@ -64,6 +70,7 @@ from _common import (  # noqa: E402
     resolve_device,
     setup_threads,
     timeit,
+    timeit_interleaved,
 )
 
 from structlight import ConvexBP, RegionGraph, chain_marginals  # noqa: E402
@@ -126,9 +133,14 @@ class Ours:
     """ConvexBP on the given potentials (``eps = 1``, ``c_r = 1``)."""
 
     def __init__(
-        self, graph: RegionGraph, unary: np.ndarray, pairwise: np.ndarray, device: torch.device
+        self,
+        graph: RegionGraph,
+        unary: np.ndarray,
+        pairwise: np.ndarray,
+        device: torch.device,
+        compile: bool = False,
     ) -> None:
-        self.bp = ConvexBP(graph, eps=1.0)
+        self.bp = ConvexBP(graph, eps=1.0, compile=compile)
         n = graph.num_vars
         u = torch.from_numpy(unary).to(device)
         p = torch.from_numpy(pairwise).to(device)
@@ -322,7 +334,21 @@ def bench_case(
     unary, pairwise, pairs = random_potentials(g, case.batch, seed=args.seed)
     ours = Ours(g, unary, pairwise, device)
     it, rep, warm = args.iters, args.repeats, args.warmup
-    t_ours = timeit(lambda: ours.run(it), rep, warm, device).median / it
+    peer = PGMax(pg, g, unary, pairwise, pairs, damping=args.damping) if pg is not None else None
+    comp = t_compile = None
+    if args.compile:  # ConvexBP(compile=True): the first (compiling) sweep timed apart
+        comp = Ours(g, unary, pairwise, device, compile=True)
+        t0 = time.perf_counter()
+        comp.run(1)
+        t_compile = time.perf_counter() - t0
+    # per iteration: interleaved rounds, so that load drift hits every candidate alike
+    fns = {"ours": lambda: ours.run(it)}
+    if comp is not None:
+        fns["compiled"] = lambda: comp.run(it)
+    if peer is not None:
+        fns["pgmax"] = lambda: peer.run(it)
+    per_it = {k: t.median / it for k, t in timeit_interleaved(fns, rep, warm, device).items()}
+    t_ours = per_it["ours"]
     sweeps_d, sweeps_m, _ = ours.solve(args.cap)
     med_d, conv_d, _ = _summary(sweeps_d)
     med_m, _, _ = _summary(sweeps_m)
@@ -331,9 +357,8 @@ def bench_case(
 
     t_pg = t_pg_conv = None
     med_p = conv_p = "-"
-    if pg is not None:
-        peer = PGMax(pg, g, unary, pairwise, pairs, damping=args.damping)
-        t_pg = timeit(lambda: peer.run(it), rep, warm).median / it
+    if peer is not None:
+        t_pg = per_it["pgmax"]
         iters_p, _ = peer.solve(args.cap)
         med_p, conv_p, max_p = _summary(iters_p)
         all_conv = bool((iters_p > 0).all())
@@ -346,6 +371,10 @@ def bench_case(
 
     blocks = len(g.schedule())
     row_iter = [case.name, device.type, blocks, t_ours, t_pg, ratio(t_pg, t_ours)]
+    if comp is not None:
+        t_comp = per_it["compiled"]
+        diff = float((comp.run(it) - ours.run(it)).abs().max())
+        row_iter += [t_comp, ratio(t_pg, t_comp), t_compile, diff]
     row_conv = [
         case.name,
         device.type,
@@ -401,6 +430,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[object]]]:
     ap.add_argument("--cap", type=int, default=None, help="most iterations to converge (200)")
     ap.add_argument("--damping", type=float, default=0.5, help="PGMax damping (0.5)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ConvexBP(compile=True) sweeps (torch.compile; compiling is timed apart)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = min(args.repeats, 2), min(args.warmup, 1)
@@ -421,12 +455,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[object]]]:
         rows_iter.append(r_it)
         rows_conv.append(r_conv)
     print(f"\nPer iteration (median of {args.repeats} runs of {args.iters} iterations, ms)")
-    print(
-        format_table(
-            ["graph", "device", "blocks", "ours ms/sweep", "PGMax ms/iter", "PGMax / ours"],
-            rows_iter,
-        )
-    )
+    head = ["graph", "device", "blocks", "ours ms/sweep", "PGMax ms/iter", "PGMax / ours"]
+    if args.compile:
+        head += ["compiled ms/sweep", "PGMax / compiled", "compile s", "max diff"]
+    print(format_table(head, rows_iter))
     print(
         f"\nConvergence within {args.cap} iterations (median / max over converged examples; "
         f"ours: dual change <= {DUAL_RTOL:g} relative, also max message change <= "

@@ -25,6 +25,7 @@ and so is its backward). Pairwise graphs have a faster layout of their own (``fa
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +50,43 @@ NEG_INF = -1e30
 #: states keep the log-space two-term formula, which needs no table.
 EXP_MIN_STATES = 3
 
-Potentials = Sequence[Tensor] | Tensor
+#: Set once :func:`torch.compile` has failed in this process: compiled sweeps are then skipped.
+_COMPILE_FAILED = False
+
+
+def _log_sweep(
+    lam: Tensor, tabs: Tensor, nodes: Tensor, index: Tensor, weights: Tensor, blocks: tuple
+) -> Tensor:
+    """One fast-path sweep in log space with all ĉ = 1, as plain tensor code (compiled).
+
+    ``lam`` (S, K, B) slots, ``tabs`` (P_all, K, K, B) oriented tables ``[y_j, y_i]``,
+    ``nodes`` (N, K, B). ``index`` holds, block after block, each block's ``other`` (P) then
+    ``node_pos`` (P) then its variables; ``weights`` (P_all, 1, 1) the message weights;
+    ``blocks``: ``(start, stop, offset, num_nodes)`` per block, plain ints (so that a compiled
+    sweep guards on two tensors, not on three per block). Returns new slots (``lam`` is kept).
+    """
+    k = tabs.shape[1]
+    for start, stop, off, nn_ in blocks:
+        p = stop - start
+        other = index[off : off + p]
+        node_pos = index[off + p : off + 2 * p]
+        bnodes = index[off + 2 * p : off + 2 * p + nn_]
+        v = tabs[start:stop] + lam.index_select(0, other).unsqueeze(2)
+        if k == 2:  # max + log(1 + exp(min - max)): half the exps of the general form
+            v0, v1 = v[:, 0], v[:, 1]
+            m = torch.maximum(v0, v1)
+            mu = m + torch.log(torch.exp(torch.minimum(v0, v1) - m) + 1)
+        else:
+            m = v.amax(1)
+            mu = m + torch.log(torch.exp(v - m.unsqueeze(1)).sum(1))
+        if nn_ == 1:
+            a = nodes.index_select(0, bnodes) + mu.sum(0, keepdim=True)
+        else:
+            a = nodes.index_select(0, bnodes).index_add(0, node_pos, mu)
+            a = a.index_select(0, node_pos)
+        pos = torch.arange(start, stop, device=lam.device)
+        lam = lam.index_copy(0, pos, a * weights[start:stop] - mu)
+    return lam
 
 
 def _to(v: object, t: object) -> object:
@@ -137,6 +174,7 @@ class _DenseBlock:
     chat: Tensor  # (P, 1, 1) ĉ of each pair
     inv: Tensor  # (P, 1, 1, 1) 1 / ĉ (1 where ĉ = 0)
     weight: Tensor | float  # (P, 1, 1) c_e / (c_i + sum_e' c_e'), or one number for all
+    weight_t: Tensor  # (P, 1, 1) the same as a tensor always (the compiled sweep's)
     mask: Tensor  # (P, K, 1) 1 for real states of the block variable, 0 for padding
     all_pos: bool
     all_zero: bool
@@ -313,6 +351,13 @@ class ConvexBP:
             run in exp space (with a log-space redo of any block where that would underflow).
             Same updates, same schedule, same results (up to rounding); see
             :attr:`uses_fast_path`.
+        compile: compile each sweep with :func:`torch.compile` (pairwise fast path, one state
+            count, all ĉ = 1; see :attr:`uses_compiled_sweeps`): the whole sweep, every block in
+            log space, becomes a few fused kernels per block instead of about fifteen eager
+            tensor ops, so graphs with many small blocks gain most (fully connected graphs,
+            grids with one example). Compiling takes seconds to a minute on first use, and
+            again for a new batch size; if it fails (no C++ compiler, say) a warning says so and
+            sweeps run eagerly.
 
     All methods take potentials either as a list of ``num_regions`` tensors, region ``r`` of
     shape ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts over the batch, e.g. a shared
@@ -323,9 +368,16 @@ class ConvexBP:
     ``len(graph.schedule())`` sequential block steps of about a dozen tensor ops each.
     """
 
-    def __init__(self, graph: RegionGraph, eps: float = 1.0, fast_path: bool = True) -> None:
+    def __init__(
+        self, graph: RegionGraph, eps: float = 1.0, fast_path: bool = True, compile: bool = False
+    ) -> None:
         if not isinstance(graph, RegionGraph):
             raise TypeError(f"graph must be a RegionGraph, got {type(graph).__name__}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
+        self.compile = compile
+        # compiled whole sweeps, per (device, dtype): see _compiled_sweep
+        self._sweep_fns: dict[tuple[torch.device, torch.dtype], object] = {}
         eps = float(eps)
         if not eps >= 0.0 or np.isinf(eps):
             raise ValueError(f"eps must be finite and >= 0, got {eps}")
@@ -350,6 +402,13 @@ class ConvexBP:
         # (theta's storage, its signature, exp-space sweep tables): left by a sweep for the next
         # dual on the same data (see _handoff_sig), used once
         self._handoff: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickle without the caches (per-device index tensors, the last theta's tables held by
+        weak references, compiled sweeps): they are rebuilt on first use."""
+        state = dict(self.__dict__)
+        state.update(_cache={}, _prep=None, _handoff=None, _sweep_fns={})
+        return state
 
     # ------------------------------------------------------------------ compilation
     def _compile_numpy(self) -> dict:
@@ -494,6 +553,19 @@ class ConvexBP:
         """True if sweeps run on the dense pairwise layout."""
         return self._np_dense is not None
 
+
+    @property
+    def uses_compiled_sweeps(self) -> bool:
+        """Whether :meth:`sweep` runs compiled (``compile=True`` on a pairwise graph with one
+        state count and all ĉ = 1; False again once compiling has failed)."""
+        d = self._np_dense
+        return bool(
+            self.compile
+            and not _COMPILE_FAILED
+            and d is not None
+            and d["uniform"]
+            and all(b["unit"] for b in d["blocks"])
+        )
     def _compile_dense(self) -> dict | None:
         g = self.graph
         if not g.is_pairwise() or not self._schedule:
@@ -590,6 +662,7 @@ class ConvexBP:
                     chat=chat_a[:, None, None],
                     inv=inv[:, None, None, None],
                     weight=float(w[0]) if np.all(w == w[0]) else w[:, None, None],
+                    weight_t=w[:, None, None],
                     mask=np.stack(mask)[:, :, None].astype(np.float64),
                     all_pos=bool((chat_a > 0).all()),
                     all_zero=bool((chat_a == 0).all()),
@@ -943,7 +1016,7 @@ class ConvexBP:
         Read-only for the sweep; :meth:`sweep` keeps them for the next call on the same theta.
         """
         b = theta.shape[0]
-        if d.exp_space and theta.device.type == "cpu":
+        if d.exp_space and theta.device.type == "cpu" and not self.uses_compiled_sweeps:
             shared = self._shared_pairs(theta, d)
             if shared is not None:
                 # one set of pair tables for the whole batch (e.g. a head's K x K tables):
@@ -964,6 +1037,47 @@ class ConvexBP:
             return nodes, None, etab, c_msg, epair, c, etab_t
         nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
         return nodes, tabs, None, None, None, None, None
+
+    def _sweep_compiled(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor | None:
+        """:meth:`sweep` through the compiled :func:`_log_sweep`; None if compiling failed."""
+        global _COMPILE_FAILED
+        b = theta.shape[0]
+        fkey = (theta.device, theta.dtype)
+        fn = self._sweep_fns.get(fkey)
+        if fn is None:
+            parts, spans, off = [], [], 0
+            for blk in d.blocks:
+                parts += [blk.other, blk.node_pos, blk.nodes]
+                spans.append((blk.start, blk.stop, off, int(blk.nodes.numel())))
+                off += 2 * (blk.stop - blk.start) + int(blk.nodes.numel())
+            index = torch.cat(parts)
+            weights = torch.cat([blk.weight_t for blk in d.blocks])
+            blocks = tuple(spans)
+            compiled = torch.compile(_log_sweep)
+
+            def fn(lam: Tensor, tabs: Tensor, nodes: Tensor) -> Tensor:
+                return compiled(lam, tabs, nodes, index, weights, blocks)
+
+            self._sweep_fns[fkey] = fn
+        nodes, tabs = self._cached_tables(key, theta, d)[:2]
+        lam = self._slots(msgs, d)  # not modified by the compiled sweep
+        try:
+            lam = fn(lam, tabs, nodes)
+        except Exception as err:  # no working compiler: eager sweeps from now on
+            _COMPILE_FAILED = True
+            self._prep = None  # its log tables were built for the compiled path
+            warnings.warn(
+                f"ConvexBP(compile=True): torch.compile failed ({type(err).__name__}: "
+                f"{(str(err).splitlines() or [''])[0][:200]}); sweeps run eagerly instead "
+                "(same results, slower)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        lam = lam.view(-1, b)
+        if b == 1 and not d.in_order:
+            return lam.view(-1).index_select(0, d.to_general).view(1, -1)
+        return (lam if d.in_order else lam.index_select(0, d.to_general)).t()
 
     @staticmethod
     def _shared_pairs(theta: Tensor, d: _Dense) -> tuple[Tensor, Tensor] | None:
@@ -1011,6 +1125,10 @@ class ConvexBP:
     def _sweep_dense(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor:
         """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
         b = theta.shape[0]
+        if self.uses_compiled_sweeps:
+            out = self._sweep_compiled(theta, msgs, d, key)
+            if out is not None:
+                return out
         lam = self._slots(msgs, d, copy=True)  # (S, K, B), a copy: the input stays as is
         # exp space (CPU, one K >= EXP_MIN_STATES, all ĉ = 1): with c_e = max f_e and
         # m = max_{y_j} lam[j->e],

@@ -558,3 +558,73 @@ def test_batch_shared_pair_tables_match_the_general_path(graph):
         df.sum().backward()
         dg.sum().backward()
         torch.testing.assert_close(tf.grad, tg.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "graph, b",
+    [
+        (RegionGraph.fully_connected(5, 2), 3),  # two states: the max/min form
+        (RegionGraph.grid(3, 3, 3), 1),
+        (RegionGraph.chain(4, 4, order=2), 2),
+    ],
+)
+def test_compiled_sweeps_match_the_general_path(graph, b, recwarn):
+    """``compile=True``: the whole sweep under torch.compile, log space, same schedule."""
+    bp, general = ConvexBP(graph, compile=True), ConvexBP(graph, fast_path=False)
+    assert bp.uses_compiled_sweeps
+    theta = bp.pack(random_pots(graph, b, 3, scale=3.0))
+    mc = mg = torch.randn(b, bp.num_message_entries, dtype=DT)
+    m0 = mc.clone()
+    for _ in range(3):
+        mc, mg = bp.sweep(theta, mc), general.sweep(theta, mg)
+        if any(issubclass(w.category, RuntimeWarning) for w in recwarn):
+            pytest.skip(f"torch.compile cannot compile here: {recwarn[0].message}")
+        torch.testing.assert_close(mc, mg, rtol=1e-10, atol=1e-10)
+    assert bp.uses_compiled_sweeps
+    torch.testing.assert_close(bp.dual(theta, mc), general.dual(theta, mg), rtol=1e-12, atol=0)
+    for msgs in (m0, mc):  # the input is left alone (also one laid out (M, B) by a sweep)
+        kept = msgs.clone()
+        out = bp.sweep(theta, msgs)
+        torch.testing.assert_close(msgs, kept, rtol=0, atol=0)
+        assert out.untyped_storage().data_ptr() != msgs.untyped_storage().data_ptr()
+
+
+def test_compile_applies_only_where_it_can_and_falls_back_when_it_fails(monkeypatch):
+    import structlight.inference as inference
+
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        ConvexBP(RegionGraph.chain(3, 3), compile="yes")  # type: ignore[arg-type]
+    assert not ConvexBP(RegionGraph.chain(3, 3), eps=0.5, compile=True).uses_compiled_sweeps
+    mixed = RegionGraph([2, 3, 3], [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2)])
+    assert not ConvexBP(mixed, compile=True).uses_compiled_sweeps
+    assert not ConvexBP(RegionGraph.chain(3, 3)).uses_compiled_sweeps
+
+    def broken(fn):
+        def run(*args):
+            raise RuntimeError("no C++ compiler\nmore detail")
+
+        return run
+
+    monkeypatch.setattr(inference, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(inference.torch, "compile", broken)
+    graph = RegionGraph.fully_connected(4, 2)
+    bp, eager = ConvexBP(graph, compile=True), ConvexBP(graph)
+    theta = bp.pack(random_pots(graph, 2, 0))
+    msgs = torch.randn(2, bp.num_message_entries, dtype=DT)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        out = bp.sweep(theta, msgs)
+    assert not bp.uses_compiled_sweeps
+    torch.testing.assert_close(out, eager.sweep(theta, msgs), rtol=0, atol=0)
+
+
+def test_convex_bp_pickles_after_use():
+    import pickle
+
+    graph = RegionGraph.chain(4, 3)
+    bp = ConvexBP(graph, compile=True)
+    theta = bp.pack(random_pots(graph, 2, 0))
+    plain = ConvexBP(graph)
+    msgs = plain.sweep(theta, plain.init_messages(2, DT))  # caches and weak references now
+    again = pickle.loads(pickle.dumps(plain))
+    torch.testing.assert_close(again.sweep(theta, msgs), plain.sweep(theta, msgs), rtol=0, atol=0)
+    assert pickle.loads(pickle.dumps(bp)).compile
