@@ -93,6 +93,11 @@ class StructuredHead(nn.Module):
         store_location: where the message store lives: ``"device"`` (with the module) or
             ``"pinned"`` (page-locked host memory; the batch's messages are copied to the GPU
             and back asynchronously), see :class:`MessageStore`.
+        compile_sweeps: run message passing through ``ConvexBP(compile=True)`` (the whole sweep
+            under :func:`torch.compile`; where it applies, see
+            :attr:`ConvexBP.uses_compiled_sweeps`): worth it for many small blocks (fully
+            connected graphs), at the price of compiling on first use and for each new batch
+            size (keep batches equal, e.g. ``drop_last``).
 
     Attributes:
         graph: the region graph.
@@ -118,6 +123,7 @@ class StructuredHead(nn.Module):
         index_key: str = "index",
         task_type: TaskType | None = None,
         store_location: StoreLocation = "device",
+        compile_sweeps: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(graph, RegionGraph):
@@ -135,7 +141,7 @@ class StructuredHead(nn.Module):
                 raise ValueError(f"task_type must be 'sequence' or 'multilabel', got {task_type!r}")
             self.task_type = task_type
         self.graph = graph
-        self.bp = ConvexBP(graph, eps)
+        self.bp = ConvexBP(graph, eps, compile=compile_sweeps)
         self.eps = float(eps)
         self.sweeps_per_step = sweeps_per_step
         self.blend = bool(blend)
@@ -659,7 +665,7 @@ class ChainHead(StructuredHead):
         table_init_std: pairwise tables start as ``N(0, table_init_std^2)``.
         counting_numbers: ``c_r`` per region (default 1 for all).
         eps, sweeps_per_step, blend, max_sweeps, tol, loss_augmentation, num_train_examples,
-        label_key, index_key, store_location: see :class:`StructuredHead`.
+        label_key, index_key, store_location, compile_sweeps: see :class:`StructuredHead`.
         decoding: ``"marginal"`` (default): argmax of each position's belief after message
             passing, as the paper; ``"viterbi"``: the exact MAP labelling by dynamic programming,
             with exact marginals by the forward-backward algorithm (1st-order chains only).
@@ -694,6 +700,7 @@ class ChainHead(StructuredHead):
         index_key: str = "index",
         store_location: StoreLocation = "device",
         decoding: Literal["marginal", "viterbi"] = "marginal",
+        compile_sweeps: bool = False,
     ) -> None:
         if pairwise not in ("table", "mlp", "none"):
             raise ValueError(f"pairwise must be 'table', 'mlp' or 'none', got {pairwise!r}")
@@ -718,6 +725,7 @@ class ChainHead(StructuredHead):
             label_key=label_key,
             index_key=index_key,
             store_location=store_location,
+            compile_sweeps=compile_sweeps,
         )
         edges = self._add_unary_and_tables(
             in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
@@ -788,7 +796,8 @@ class FullyConnectedHead(StructuredHead):
         unary_hidden: hidden layers of the unary network.
         table_init_std: tables start as ``N(0, table_init_std^2)``.
         counting_numbers, eps, sweeps_per_step, blend, max_sweeps, tol, loss_augmentation,
-        num_train_examples, label_key, index_key, store_location: see :class:`StructuredHead`.
+        num_train_examples, label_key, index_key, store_location, compile_sweeps: see
+            :class:`StructuredHead`.
     """
 
     task_type = "multilabel"
@@ -814,6 +823,7 @@ class FullyConnectedHead(StructuredHead):
         label_key: str = "label",
         index_key: str = "index",
         store_location: StoreLocation = "device",
+        compile_sweeps: bool = False,
     ) -> None:
         if pairwise not in ("table", "none"):
             raise ValueError(f"pairwise must be 'table' or 'none', got {pairwise!r}")
@@ -831,6 +841,7 @@ class FullyConnectedHead(StructuredHead):
             label_key=label_key,
             index_key=index_key,
             store_location=store_location,
+            compile_sweeps=compile_sweeps,
         )
         self._add_unary_and_tables(
             in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
