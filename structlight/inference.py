@@ -245,15 +245,24 @@ class _DenseDual(torch.autograd.Function):
             nodes, epair, c = tables[0], tables[4], tables[5]
             ma, mb = ConvexBP._tree_max(la, 1), ConvexBP._tree_max(lb, 1)
             xa, xb = (la - ma).exp_(), (lb - mb).exp_()
-            # (epair is (E, K*K, 1) when the batch shares its pair tables: broadcast)
-            e = torch.mul(epair.view(-1, k, k, epair.shape[-1]), xa.unsqueeze(2))
-            e = e.mul_(xb.unsqueeze(1))
-            e = e.view(-1, k * k, b)
-            s = e.sum(1, keepdim=True)
             tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
-            if not bool(s.amin() < tiny):
-                val = s.log().add_(c).add_(ma).add_(mb)
-                pair_done = (e, s, val.sum(0)[0])
+            if epair.shape[-1] == 1 and b > 1:
+                # one (E, K, K) table set for the batch: sum_{a,c} E(a,c) x_a(a) x_b(c) as
+                # x_a . (E @ x_b), no (E, K, K, B) tensor; the backward builds the beliefs
+                e4 = epair.view(-1, k, k)
+                t = torch.bmm(e4, xb)  # (E, K, B)
+                s = torch.mul(xa, t).sum(1, keepdim=True)
+                if not bool(s.amin() < tiny):
+                    val = s.log().add_(c).add_(ma).add_(mb)
+                    pair_done = (None, s, val.sum(0)[0], (e4, xa, xb, t))
+            else:
+                e = torch.mul(epair.view(-1, k, k, b), xa.unsqueeze(2))
+                e = e.mul_(xb.unsqueeze(1))
+                e = e.view(-1, k * k, b)
+                s = e.sum(1, keepdim=True)
+                if not bool(s.amin() < tiny):
+                    val = s.log().add_(c).add_(ma).add_(mb)
+                    pair_done = (e, s, val.sum(0)[0], None)
         else:
             nodes = ConvexBP._dense_tables(theta, d)[0]
         xs = [nodes.index_add(0, d.slot_var, lam, alpha=-1)]
@@ -272,10 +281,14 @@ class _DenseDual(torch.autograd.Function):
             out = val if out is None else out.add_(val)
             if want:
                 bels.append(e.div_(s))
+        ctx.shared = False
         if pair_done is not None:
-            e, s, val = pair_done
+            e, s, val, shared = pair_done
             out = out.add_(val)
-            if want:
+            if want and shared is not None:
+                bels.extend([*shared, s])
+                ctx.shared = True
+            elif want:
                 bels.append(e.div_(s))
         if want:
             ctx.save_for_backward(*bels)
@@ -284,6 +297,8 @@ class _DenseDual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
+        if ctx.shared:
+            return _DenseDual._backward_shared(ctx, grad)
         bn, bp = ctx.saved_tensors  # (N, K, B), (E, K*K, B)
         d = ctx.d
         b, k = grad.shape[0], d.kmax
@@ -304,6 +319,37 @@ class _DenseDual(torch.autograd.Function):
             gm = bn.index_select(0, d.slot_var).neg_()  # (S, K, B)
             gm.index_add_(0, d.end0, bp4.sum(2))
             gm.index_add_(0, d.end1, bp4.sum(1))
+            gm = gm.view(-1, b).mul_(grad)
+            g_msgs = (gm if d.in_order else gm.index_select(0, d.to_general)).t()
+        return g_theta, g_msgs, None, None
+
+    @staticmethod
+    def _backward_shared(ctx, grad: Tensor) -> tuple:
+        """Backward when the batch shared its pair tables ``E``: the pair beliefs
+        ``E(a, c) x_a(a) x_b(c) / s`` are built once, straight into the gradient."""
+        bn, e4, xa, xb, t, s = ctx.saved_tensors
+        d = ctx.d
+        b, k = grad.shape[0], d.kmax
+        g_theta = g_msgs = None
+        if ctx.needs_input_grad[0]:
+            nn_, ne = bn.shape[0] * k, e4.shape[0] * k * k
+            gt = grad.new_empty(nn_ + ne, b)
+            torch.mul(bn.view(-1, b), grad, out=gt[:nn_])
+            w = xa * (grad / s)  # (E, K, B)
+            gp = gt[nn_:].view(-1, k, k, b)
+            torch.mul(e4.unsqueeze(-1), w.unsqueeze(2), out=gp)
+            gp.mul_(xb.unsqueeze(1))
+            span = (d.node_span, d.pair_span)
+            if span == ((0, nn_), (nn_, nn_ + ne)):
+                g_theta = gt.t()
+            else:  # scatter to the packed positions (region order may interleave)
+                pos = torch.cat([d.node_flat, d.pair_flat])
+                g_theta = gt.new_zeros(gt.shape[0], b).index_copy_(0, pos, gt).t()
+        if ctx.needs_input_grad[1]:
+            inv = s.reciprocal()
+            gm = bn.index_select(0, d.slot_var).neg_()  # (S, K, B)
+            gm.index_add_(0, d.end0, xa * t * inv)  # sum over y_b of the pair beliefs
+            gm.index_add_(0, d.end1, torch.bmm(e4.transpose(1, 2), xa).mul_(xb).mul_(inv))
             gm = gm.view(-1, b).mul_(grad)
             g_msgs = (gm if d.in_order else gm.index_select(0, d.to_general)).t()
         return g_theta, g_msgs, None, None

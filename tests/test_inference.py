@@ -552,12 +552,15 @@ def test_batch_shared_pair_tables_match_the_general_path(graph):
             mf, mg = fast.sweep(th, mf), general.sweep(th, mg)
             torch.testing.assert_close(mf, mg, rtol=1e-10, atol=1e-10)
         tf, tg = th.clone().requires_grad_(True), th.clone().requires_grad_(True)
+        lf, lg = mf.clone().requires_grad_(True), mg.clone().requires_grad_(True)
         fast.sweep(tf.detach(), mf)  # hands its tables to the dual
-        df, dg = fast.dual(tf, mf), general.dual(tg, mg)
+        df, dg = fast.dual(tf, lf), general.dual(tg, lg)
         torch.testing.assert_close(df, dg, rtol=1e-12, atol=1e-10)
-        df.sum().backward()
-        dg.sum().backward()
+        w = torch.rand(b, dtype=DT)  # an arbitrary output gradient
+        (df * w).sum().backward()
+        (dg * w).sum().backward()
         torch.testing.assert_close(tf.grad, tg.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(lf.grad, lg.grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(
