@@ -263,11 +263,13 @@ class _DenseDual(torch.autograd.Function):
                 if not bool(s.amin() < tiny):
                     val = s.log().add_(c).add_(ma).add_(mb)
                     pair_done = (e, s, val.sum(0)[0], None)
-        else:
-            nodes = ConvexBP._dense_tables(theta, d)[0]
+        pairs = None
+        if tables is None:  # one transpose of theta for both
+            nodes, pairs = ConvexBP._dense_tables(theta, d)
         xs = [nodes.index_add(0, d.slot_var, lam, alpha=-1)]
         if pair_done is None:
-            pairs = ConvexBP._dense_tables(theta, d)[1]
+            if pairs is None:
+                pairs = ConvexBP._dense_tables(theta, d)[1]
             # (f + lam_a) + lam_b: the general path's order of additions (same rounding)
             fpair = pairs + la.unsqueeze(2)
             fpair += lb.unsqueeze(1)
