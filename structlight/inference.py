@@ -89,6 +89,43 @@ def _log_sweep(
     return lam
 
 
+def _exp_sweep(
+    lam: Tensor,
+    etab: Tensor,
+    cmsg: Tensor,
+    nodes: Tensor,
+    index: Tensor,
+    weights: Tensor,
+    blocks: tuple,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_log_sweep` in exp space (compiled): ``mu = c + m + log sum_j E x``.
+
+    ``etab`` (P_all, K, K, B or 1) ``exp(f - c)`` oriented ``[y_j, y_i]``, ``cmsg`` (P_all, 1,
+    B or 1) the ``c`` of each message's table, ``x = exp(lam[j->e] - m)``. Returns the new slots
+    and the smallest sum met: below ``tiny / eps`` (or NaN) the sweep may have lost precision to
+    underflow and is redone in log space by the caller.
+    """
+    low = None
+    for start, stop, off, nn_ in blocks:
+        p = stop - start
+        other = index[off : off + p]
+        node_pos = index[off + p : off + 2 * p]
+        bnodes = index[off + 2 * p : off + 2 * p + nn_]
+        lo = lam.index_select(0, other)
+        m = lo.amax(1, keepdim=True)
+        s = (etab[start:stop] * torch.exp(lo - m).unsqueeze(2)).sum(1)
+        low = s.amin() if low is None else torch.minimum(low, s.amin())
+        mu = torch.log(s) + cmsg[start:stop] + m
+        if nn_ == 1:
+            a = nodes.index_select(0, bnodes) + mu.sum(0, keepdim=True)
+        else:
+            a = nodes.index_select(0, bnodes).index_add(0, node_pos, mu)
+            a = a.index_select(0, node_pos)
+        pos = torch.arange(start, stop, device=lam.device)
+        lam = lam.index_copy(0, pos, a * weights[start:stop] - mu)
+    return lam, low
+
+
 def _to(v: object, t: object) -> object:
     """Compiled index arrays become tensors; flags, numbers and spans stay as they are."""
     return t(v) if isinstance(v, np.ndarray) else v
@@ -400,10 +437,11 @@ class ConvexBP:
             Same updates, same schedule, same results (up to rounding); see
             :attr:`uses_fast_path`.
         compile: compile each sweep with :func:`torch.compile` (pairwise fast path, one state
-            count, all ĉ = 1; see :attr:`uses_compiled_sweeps`): the whole sweep, every block in
-            log space, becomes a few fused kernels per block instead of about fifteen eager
-            tensor ops, so graphs with many small blocks gain most (fully connected graphs,
-            grids with one example). Compiling takes seconds to a minute on first use, and
+            count, all ĉ = 1; see :attr:`uses_compiled_sweeps`): the whole sweep becomes a few
+            fused kernels per block instead of about fifteen eager tensor ops, so graphs with
+            many small blocks gain most (fully connected graphs, grids with one example). Blocks
+            run in exp space where the eager sweep would (CPU, ``K >= EXP_MIN_STATES``), the
+            whole sweep redone in log space if any sum underflows, and in log space otherwise. Compiling takes seconds to a minute on first use, and
             again for a new batch size; if it fails (no C++ compiler, say) a warning says so and
             sweeps run eagerly.
 
@@ -1064,7 +1102,7 @@ class ConvexBP:
         Read-only for the sweep; :meth:`sweep` keeps them for the next call on the same theta.
         """
         b = theta.shape[0]
-        if d.exp_space and theta.device.type == "cpu" and not self.uses_compiled_sweeps:
+        if d.exp_space and theta.device.type == "cpu":
             shared = self._shared_pairs(theta, d)
             if shared is not None:
                 # one set of pair tables for the whole batch (e.g. a head's K x K tables):
@@ -1087,33 +1125,42 @@ class ConvexBP:
         return nodes, tabs, None, None, None, None, None
 
     def _sweep_compiled(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor | None:
-        """:meth:`sweep` through the compiled :func:`_log_sweep`; None if compiling failed."""
+        """:meth:`sweep` through a compiled :func:`_exp_sweep` (where the eager sweep would run
+        in exp space) or :func:`_log_sweep`; None if compiling failed."""
         global _COMPILE_FAILED
         b = theta.shape[0]
         fkey = (theta.device, theta.dtype)
-        fn = self._sweep_fns.get(fkey)
-        if fn is None:
+        fns = self._sweep_fns.get(fkey)
+        if fns is None:
             parts, spans, off = [], [], 0
             for blk in d.blocks:
                 parts += [blk.other, blk.node_pos, blk.nodes]
                 spans.append((blk.start, blk.stop, off, int(blk.nodes.numel())))
                 off += 2 * (blk.stop - blk.start) + int(blk.nodes.numel())
-            index = torch.cat(parts)
-            weights = torch.cat([blk.weight_t for blk in d.blocks])
-            blocks = tuple(spans)
-            compiled = torch.compile(_log_sweep)
-
-            def fn(lam: Tensor, tabs: Tensor, nodes: Tensor) -> Tensor:
-                return compiled(lam, tabs, nodes, index, weights, blocks)
-
-            self._sweep_fns[fkey] = fn
-        nodes, tabs = self._cached_tables(key, theta, d)[:2]
-        lam = self._slots(msgs, d)  # not modified by the compiled sweep
+            consts = (torch.cat(parts), torch.cat([blk.weight_t for blk in d.blocks]), tuple(spans))
+            fns = (torch.compile(_log_sweep), torch.compile(_exp_sweep), consts)
+            self._sweep_fns[fkey] = fns
+        log_fn, exp_fn, consts = fns
+        tables = self._cached_tables(key, theta, d)
+        nodes, tabs, etab, c_msg = tables[:4]
+        lam = self._slots(msgs, d)  # not modified by the compiled sweeps
         try:
-            lam = fn(lam, tabs, nodes)
+            out = None
+            if etab is not None:
+                if not key.is_inference():  # the dual may take the exp tables over
+                    self._handoff = (key.untyped_storage(), _handoff_sig(key), tables)
+                out, low = exp_fn(lam, etab, c_msg, nodes, *consts)
+                tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
+                # underflow somewhere (then later blocks may have met inf - inf: NaN, which
+                # fails this test too): the whole sweep again, in log space
+                if not bool(low >= tiny):
+                    out = None
+                    tabs = self._dense_tables(theta, d, d.tab_rows)[1]
+            if out is None:
+                out = log_fn(lam, tabs, nodes, *consts)
         except Exception as err:  # no working compiler: eager sweeps from now on
             _COMPILE_FAILED = True
-            self._prep = None  # its log tables were built for the compiled path
+            self._prep = self._handoff = None  # tables built for the compiled path
             warnings.warn(
                 f"ConvexBP(compile=True): torch.compile failed ({type(err).__name__}: "
                 f"{(str(err).splitlines() or [''])[0][:200]}); sweeps run eagerly instead "
@@ -1122,7 +1169,7 @@ class ConvexBP:
                 stacklevel=4,
             )
             return None
-        lam = lam.view(-1, b)
+        lam = out.view(-1, b)
         if b == 1 and not d.in_order:
             return lam.view(-1).index_select(0, d.to_general).view(1, -1)
         return (lam if d.in_order else lam.index_select(0, d.to_general)).t()

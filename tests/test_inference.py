@@ -631,3 +631,20 @@ def test_convex_bp_pickles_after_use():
     again = pickle.loads(pickle.dumps(plain))
     torch.testing.assert_close(again.sweep(theta, msgs), plain.sweep(theta, msgs), rtol=0, atol=0)
     assert pickle.loads(pickle.dumps(bp)).compile
+
+
+def test_compiled_sweeps_redo_underflowing_sweeps_in_log_space(recwarn):
+    """Huge and forbidden potentials make exp-space sums underflow: the compiled sweep must
+    notice and redo the sweep in log space (the general path is the reference)."""
+    graph = RegionGraph.grid(3, 3, 3)
+    bp, general = ConvexBP(graph, compile=True), ConvexBP(graph, fast_path=False)
+    pots = random_pots(graph, 2, 5, scale=300.0)
+    pots[graph.num_vars][1, 0] = float("-inf")  # a forbidden row of one pair table
+    theta = bp.pack(pots)
+    mc = mg = bp.init_messages(2, DT)
+    for _ in range(3):
+        mc, mg = bp.sweep(theta, mc), general.sweep(theta, mg)
+        if any(issubclass(w.category, RuntimeWarning) for w in recwarn):
+            pytest.skip(f"torch.compile cannot compile here: {recwarn[0].message}")
+        assert torch.isfinite(mc).all()
+        torch.testing.assert_close(mc, mg, rtol=1e-10, atol=1e-6)
