@@ -67,10 +67,7 @@ def _log_sweep(
     """
     k = tabs.shape[1]
     for start, stop, off, nn_ in blocks:
-        p = stop - start
-        other = index[off : off + p]
-        node_pos = index[off + p : off + 2 * p]
-        bnodes = index[off + 2 * p : off + 2 * p + nn_]
+        other, node_pos, bnodes = _block_index(index, off, stop - start, nn_)
         v = tabs[start:stop] + lam.index_select(0, other).unsqueeze(2)
         if k == 2:  # max + log(1 + exp(min - max)): half the exps of the general form
             v0, v1 = v[:, 0], v[:, 1]
@@ -79,14 +76,29 @@ def _log_sweep(
         else:
             m = v.amax(1)
             mu = m + torch.log(torch.exp(v - m.unsqueeze(1)).sum(1))
-        if nn_ == 1:
-            a = nodes.index_select(0, bnodes) + mu.sum(0, keepdim=True)
-        else:
-            a = nodes.index_select(0, bnodes).index_add(0, node_pos, mu)
-            a = a.index_select(0, node_pos)
-        pos = torch.arange(start, stop, device=lam.device)
-        lam = lam.index_copy(0, pos, a * weights[start:stop] - mu)
+        lam = _write_block(lam, nodes, mu, bnodes, node_pos, weights, start, stop)
     return lam
+
+
+def _block_index(index: Tensor, off: int, p: int, nn_: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A block's ``other`` (P), ``node_pos`` (P) and variables, from the compiled sweeps'
+    concatenated ``index`` at offset ``off``."""
+    return index[off : off + p], index[off + p : off + 2 * p], index[off + 2 * p : off + 2 * p + nn_]
+
+
+def _write_block(
+    lam: Tensor, nodes: Tensor, mu: Tensor, bnodes: Tensor, node_pos: Tensor, weights: Tensor,
+    start: int, stop: int,
+) -> Tensor:
+    """``a_i = f_i + sum_{e at i} mu[e->i]``, ``lam[i->e] = w_e a_i - mu[e->i]`` for slots
+    ``start..stop``; returns the new slots (functional, for the compiled sweeps)."""
+    if bnodes.shape[0] == 1:
+        a = nodes.index_select(0, bnodes) + mu.sum(0, keepdim=True)
+    else:
+        a = nodes.index_select(0, bnodes).index_add(0, node_pos, mu)
+        a = a.index_select(0, node_pos)
+    pos = torch.arange(start, stop, device=lam.device)
+    return lam.index_copy(0, pos, a * weights[start:stop] - mu)
 
 
 def _exp_sweep(
@@ -107,22 +119,13 @@ def _exp_sweep(
     """
     low = None
     for start, stop, off, nn_ in blocks:
-        p = stop - start
-        other = index[off : off + p]
-        node_pos = index[off + p : off + 2 * p]
-        bnodes = index[off + 2 * p : off + 2 * p + nn_]
+        other, node_pos, bnodes = _block_index(index, off, stop - start, nn_)
         lo = lam.index_select(0, other)
         m = lo.amax(1, keepdim=True)
         s = (etab[start:stop] * torch.exp(lo - m).unsqueeze(2)).sum(1)
         low = s.amin() if low is None else torch.minimum(low, s.amin())
         mu = torch.log(s) + cmsg[start:stop] + m
-        if nn_ == 1:
-            a = nodes.index_select(0, bnodes) + mu.sum(0, keepdim=True)
-        else:
-            a = nodes.index_select(0, bnodes).index_add(0, node_pos, mu)
-            a = a.index_select(0, node_pos)
-        pos = torch.arange(start, stop, device=lam.device)
-        lam = lam.index_copy(0, pos, a * weights[start:stop] - mu)
+        lam = _write_block(lam, nodes, mu, bnodes, node_pos, weights, start, stop)
     return lam, low
 
 
@@ -336,17 +339,25 @@ class _DenseDual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
-        if ctx.shared:
-            return _DenseDual._backward_shared(ctx, grad)
-        bn, bp = ctx.saved_tensors  # (N, K, B), (E, K*K, B)
         d = ctx.d
         b, k = grad.shape[0], d.kmax
+        if ctx.shared:  # the batch shared its pair tables E: no pair beliefs were kept
+            bn, e4, xa, xb, t, s = ctx.saved_tensors
+            num_pairs = e4.shape[0]
+        else:
+            bn, bp = ctx.saved_tensors  # (N, K, B), (E, K*K, B)
+            num_pairs = bp.shape[0]
         g_theta = g_msgs = None
         if ctx.needs_input_grad[0]:
-            nn_, ne = bn.shape[0] * k, bp.shape[0] * k * k
+            nn_, ne = bn.shape[0] * k, num_pairs * k * k
             gt = grad.new_empty(nn_ + ne, b)
             torch.mul(bn.view(-1, b), grad, out=gt[:nn_])
-            torch.mul(bp.view(-1, b), grad, out=gt[nn_:])
+            if ctx.shared:  # the pair beliefs E(a, c) x_a(a) x_b(c) / s, built once, in place
+                gp = gt[nn_:].view(-1, k, k, b)
+                torch.mul(e4.unsqueeze(-1), (xa * (grad / s)).unsqueeze(2), out=gp)
+                gp.mul_(xb.unsqueeze(1))
+            else:
+                torch.mul(bp.view(-1, b), grad, out=gt[nn_:])
             span = (d.node_span, d.pair_span)
             if span == ((0, nn_), (nn_, nn_ + ne)):
                 g_theta = gt.t()
@@ -354,41 +365,17 @@ class _DenseDual(torch.autograd.Function):
                 pos = torch.cat([d.node_flat, d.pair_flat])
                 g_theta = gt.new_zeros(gt.shape[0], b).index_copy_(0, pos, gt).t()
         if ctx.needs_input_grad[1]:
-            bp4 = bp.view(-1, k, k, b)
+            # the pair beliefs summed over the second and over the first variable
+            if ctx.shared:
+                inv = s.reciprocal()
+                over_b = xa * t * inv
+                over_a = torch.bmm(e4.transpose(1, 2), xa).mul_(xb).mul_(inv)
+            else:
+                bp4 = bp.view(-1, k, k, b)
+                over_b, over_a = bp4.sum(2), bp4.sum(1)
             gm = bn.index_select(0, d.slot_var).neg_()  # (S, K, B)
-            gm.index_add_(0, d.end0, bp4.sum(2))
-            gm.index_add_(0, d.end1, bp4.sum(1))
-            gm = gm.view(-1, b).mul_(grad)
-            g_msgs = (gm if d.in_order else gm.index_select(0, d.to_general)).t()
-        return g_theta, g_msgs, None, None
-
-    @staticmethod
-    def _backward_shared(ctx, grad: Tensor) -> tuple:
-        """Backward when the batch shared its pair tables ``E``: the pair beliefs
-        ``E(a, c) x_a(a) x_b(c) / s`` are built once, straight into the gradient."""
-        bn, e4, xa, xb, t, s = ctx.saved_tensors
-        d = ctx.d
-        b, k = grad.shape[0], d.kmax
-        g_theta = g_msgs = None
-        if ctx.needs_input_grad[0]:
-            nn_, ne = bn.shape[0] * k, e4.shape[0] * k * k
-            gt = grad.new_empty(nn_ + ne, b)
-            torch.mul(bn.view(-1, b), grad, out=gt[:nn_])
-            w = xa * (grad / s)  # (E, K, B)
-            gp = gt[nn_:].view(-1, k, k, b)
-            torch.mul(e4.unsqueeze(-1), w.unsqueeze(2), out=gp)
-            gp.mul_(xb.unsqueeze(1))
-            span = (d.node_span, d.pair_span)
-            if span == ((0, nn_), (nn_, nn_ + ne)):
-                g_theta = gt.t()
-            else:  # scatter to the packed positions (region order may interleave)
-                pos = torch.cat([d.node_flat, d.pair_flat])
-                g_theta = gt.new_zeros(gt.shape[0], b).index_copy_(0, pos, gt).t()
-        if ctx.needs_input_grad[1]:
-            inv = s.reciprocal()
-            gm = bn.index_select(0, d.slot_var).neg_()  # (S, K, B)
-            gm.index_add_(0, d.end0, xa * t * inv)  # sum over y_b of the pair beliefs
-            gm.index_add_(0, d.end1, torch.bmm(e4.transpose(1, 2), xa).mul_(xb).mul_(inv))
+            gm.index_add_(0, d.end0, over_b)
+            gm.index_add_(0, d.end1, over_a)
             gm = gm.view(-1, b).mul_(grad)
             g_msgs = (gm if d.in_order else gm.index_select(0, d.to_general)).t()
         return g_theta, g_msgs, None, None
