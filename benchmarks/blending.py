@@ -85,13 +85,21 @@ def train_curve(
 ) -> list[tuple[float, float, float, int]]:
     """Train for ``args.seconds`` of training time; returns (time, nll, err, steps) points."""
     torch.manual_seed(args.seed)
-    model = Model(args.hidden, args.order, blend, args.tol, x.shape[0])
+    dev = torch.device(args.device)
+    model = Model(args.hidden, args.order, blend, args.tol, x.shape[0]).to(dev)
+    x, y, eval_idx = x.to(dev), y.to(dev), eval_idx.to(dev)
+
+    def sync() -> None:  # a CUDA step is timed when it has finished, not when it is queued
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.95)
     gen = torch.Generator().manual_seed(args.seed)
     curve = [(0.0, *evaluate(model, x[eval_idx], y[eval_idx], args.eval_sweeps), 0)]
     clock, steps, next_eval = 0.0, 0, args.eval_every
     while clock < args.seconds:
-        for idx in torch.randperm(x.shape[0], generator=gen).split(args.batch):
+        for idx in torch.randperm(x.shape[0], generator=gen).to(dev).split(args.batch):
+            sync()
             t0 = time.perf_counter()
             batch = {"image": x[idx], "label": y[idx], "index": idx}
             theta = model.potentials(batch["image"])
@@ -99,6 +107,7 @@ def train_curve(
             opt.zero_grad(set_to_none=True)
             out.loss.mean().backward()
             opt.step()
+            sync()
             clock += time.perf_counter() - t0
             steps += 1
             if clock >= next_eval or clock >= args.seconds:
@@ -135,9 +144,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timed with device syncs)")
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/blending.png"))
     ap.add_argument("--quick", action="store_true", help="tiny data and budget (tests)")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is visible here")
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = None
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(
         f"Word50 train {tuple(x.shape)}, MLP 784-{args.hidden}-26, order {args.order}, "
         f"batch {args.batch}, {args.seconds:.0f} s of training per run, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads"
+        f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
     )
     curves = {}
     for name, blend in (("blended", True), ("double loop", False)):

@@ -3,13 +3,16 @@
 Prints the device, then: ConvexBP sweep/dual/beliefs times (``sweep.py``, CPU and CUDA), the
 paper's three Word50 models per training iteration on CUDA (``paper_speed.py``; target on an
 H100: under 1 ms per iteration for the 1st-order model) and the chain-CRF step against peers
-where they are installed (``peers_chain.py``; a missing peer skips its column).
+where they are installed (``peers_chain.py``; a missing peer skips its column), then blending
+against the double loop for 20 s each on the GPU (``blending.py``; the regime where sweeps, not
+the MLP, dominate a step), its plot written to ``$OUT`` if set, else ``benchmarks/``.
 
     PYTHONPATH=. python benchmarks/gpu.py            # on the GPU machine, from the repo root
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ sys.path.insert(0, str(HERE))
 
 
 def main(argv: list[str] | None = None) -> None:
+    import blending
     import paper_speed
     import peers_chain
     import sweep
@@ -39,6 +43,14 @@ def main(argv: list[str] | None = None) -> None:
     paper_speed.main(["--device", dev] + (["--quick"] if quick else ["--repeats", "50"]))
     print(f"\n== chain CRF training step vs peers ({dev}) ==")
     peers_chain.main(["--device", dev] + (["--quick"] if quick else ["--repeats", "30"]))
+    print(f"\n== blending vs the double loop, Word50 2nd order ({dev}) ==")
+    plot = Path(os.environ.get("OUT") or HERE) / f"blending_{dev}.png"
+    if quick:
+        blending.main(["--quick", "--device", dev, "--plot", str(plot)])
+    else:
+        blending.main(
+            ["--device", dev, "--seconds", "20", "--eval-every", "5", "--plot", str(plot)]
+        )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -46,3 +46,25 @@ def test_flickr_step_quick(capsys):
     out = flickr_step.main(["--quick"])
     assert set(out) == {"backbone fwd+bwd", "head fwd+bwd", "full step"}
     assert "of the step" in capsys.readouterr().out
+
+
+def test_gpu_script_quick_runs_its_parts_on_whatever_device_is_here(tmp_path, monkeypatch, capsys):
+    import gpu
+    import torch
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    gpu.main(["--quick"])
+    text = capsys.readouterr().out
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    for part in ("ConvexBP sweep", "Word50 training iteration", "chain CRF training step", "blending"):
+        assert part in text
+    assert (tmp_path / f"blending_{dev}.png").stat().st_size > 1000
+
+
+def test_blending_refuses_a_missing_cuda_device(monkeypatch):
+    import blending
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        blending.main(["--quick", "--device", "cuda"])
