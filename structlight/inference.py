@@ -304,8 +304,12 @@ class _DenseDual(torch.autograd.Function):
                     val = s.log().add_(c).add_(ma).add_(mb)
                     pair_done = (e, s, val.sum(0)[0], None)
         pairs = None
-        if tables is None:  # one transpose of theta for both
-            nodes, pairs = ConvexBP._dense_tables(theta, d)
+        if tables is None:
+            shared = ConvexBP._shared_pairs(theta, d) if theta.device.type == "cpu" else None
+            if shared is not None:  # (E, K, K, 1): broadcast over the batch below
+                nodes, pairs = shared[0], shared[1].view(-1, k, k, 1)
+            else:  # one transpose of theta for both
+                nodes, pairs = ConvexBP._dense_tables(theta, d)
         xs = [nodes.index_add(0, d.slot_var, lam, alpha=-1)]
         if pair_done is None:
             if pairs is None:
@@ -1108,6 +1112,11 @@ class ConvexBP:
             # shared: [q, y_i, y_j], the left factor of the block's batched matrix products
             etab_t = etab[..., 0].transpose(1, 2).contiguous() if shared is not None else None
             return nodes, None, etab, c_msg, epair, c, etab_t
+        shared = self._shared_pairs(theta, d) if theta.device.type == "cpu" else None
+        if shared is not None:  # log-space tables (two states, say) shared by the batch
+            nodes, pairs = shared
+            tabs = pairs.view(-1, 1).index_select(0, d.tab_local)
+            return nodes, tabs.view(-1, d.kmax, d.kmax, 1), None, None, None, None, None
         nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
         return nodes, tabs, None, None, None, None, None
 
@@ -1170,7 +1179,7 @@ class ConvexBP:
         or when the node or pair entries are not contiguous ranges of theta.
         """
         b = theta.shape[0]
-        if b == 1 or d.node_span is None or d.pair_span is None:
+        if b == 1 or not d.uniform or d.node_span is None or d.pair_span is None:
             return None
         p0, p1 = d.pair_span
         part = theta[:, p0:p1]

@@ -531,7 +531,14 @@ def test_forbidden_state_written_in_place_after_a_clean_sweep_is_still_clamped(f
     torch.testing.assert_close(out, ref.sweep(clamped, msgs.contiguous()))
 
 
-@pytest.mark.parametrize("graph", [RegionGraph.chain(5, 4, order=2), RegionGraph.grid(3, 3, 3)])
+@pytest.mark.parametrize(
+    "graph",
+    [
+        RegionGraph.chain(5, 4, order=2),
+        RegionGraph.grid(3, 3, 3),
+        RegionGraph.fully_connected(5, 2),  # log space
+    ],
+)
 def test_batch_shared_pair_tables_match_the_general_path(graph):
     """Pair tables equal across the batch (a head's K x K tables) run as (K, K) @ (K, B) products;
     one differing entry anywhere sends the batch down the per-example path. Both are exact."""
