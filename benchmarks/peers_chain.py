@@ -212,9 +212,9 @@ def make_ours_head(s: Setup) -> Step:
     ``head.training_loss`` (one sweep, store update, dual minus score), as
     :class:`structlight.DeepStructuredModel` runs it (``log_dual_change`` steps aside)."""
     mlp, trans = s.model()
-    head = ChainHead(
-        s.n, s.c, mlp[0].out_features, order=1, num_train_examples=s.num_examples
-    ).to(s.device)
+    head = ChainHead(s.n, s.c, mlp[0].out_features, order=1, num_train_examples=s.num_examples).to(
+        s.device
+    )
     with torch.no_grad():
         head.potentials["unary"].net.weight.copy_(mlp[2].weight)
         head.potentials["unary"].net.bias.copy_(mlp[2].bias)

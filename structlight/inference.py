@@ -50,6 +50,8 @@ NEG_INF = -1e30
 #: states keep the log-space two-term formula, which needs no table.
 EXP_MIN_STATES = 3
 
+Potentials = Sequence[Tensor] | Tensor
+
 #: Set once :func:`torch.compile` has failed in this process: compiled sweeps are then skipped.
 _COMPILE_FAILED = False
 
@@ -83,12 +85,22 @@ def _log_sweep(
 def _block_index(index: Tensor, off: int, p: int, nn_: int) -> tuple[Tensor, Tensor, Tensor]:
     """A block's ``other`` (P), ``node_pos`` (P) and variables, from the compiled sweeps'
     concatenated ``index`` at offset ``off``."""
-    return index[off : off + p], index[off + p : off + 2 * p], index[off + 2 * p : off + 2 * p + nn_]
+    return (
+        index[off : off + p],
+        index[off + p : off + 2 * p],
+        index[off + 2 * p : off + 2 * p + nn_],
+    )
 
 
 def _write_block(
-    lam: Tensor, nodes: Tensor, mu: Tensor, bnodes: Tensor, node_pos: Tensor, weights: Tensor,
-    start: int, stop: int,
+    lam: Tensor,
+    nodes: Tensor,
+    mu: Tensor,
+    bnodes: Tensor,
+    node_pos: Tensor,
+    weights: Tensor,
+    start: int,
+    stop: int,
 ) -> Tensor:
     """``a_i = f_i + sum_{e at i} mu[e->i]``, ``lam[i->e] = w_e a_i - mu[e->i]`` for slots
     ``start..stop``; returns the new slots (functional, for the compiled sweeps)."""
@@ -630,7 +642,6 @@ class ConvexBP:
         """True if sweeps run on the dense pairwise layout."""
         return self._np_dense is not None
 
-
     @property
     def uses_compiled_sweeps(self) -> bool:
         """Whether :meth:`sweep` runs compiled (``compile=True`` on a pairwise graph with one
@@ -643,6 +654,7 @@ class ConvexBP:
             and d["uniform"]
             and all(b["unit"] for b in d["blocks"])
         )
+
     def _compile_dense(self) -> dict | None:
         g = self.graph
         if not g.is_pairwise() or not self._schedule:

@@ -56,7 +56,12 @@ def test_gpu_script_quick_runs_its_parts_on_whatever_device_is_here(tmp_path, mo
     gpu.main(["--quick"])
     text = capsys.readouterr().out
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    for part in ("ConvexBP sweep", "Word50 training iteration", "chain CRF training step", "blending"):
+    for part in (
+        "ConvexBP sweep",
+        "Word50 training iteration",
+        "chain CRF training step",
+        "blending",
+    ):
         assert part in text
     assert (tmp_path / f"blending_{dev}.png").stat().st_size > 1000
 

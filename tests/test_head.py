@@ -415,7 +415,9 @@ def test_compile_sweeps_head_trains_like_the_eager_head(recwarn):
         outs.append(out)
     if any(issubclass(w.category, RuntimeWarning) for w in recwarn):
         pytest.skip(f"torch.compile cannot compile here: {recwarn[0].message}")
-    torch.testing.assert_close(compiled.store.messages, eager.store.messages, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        compiled.store.messages, eager.store.messages, rtol=1e-10, atol=1e-12
+    )
     torch.testing.assert_close(outs[1].loss, outs[0].loss, rtol=1e-10, atol=1e-12)
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -385,7 +385,9 @@ def test_sweep_leaves_its_inputs_alone(graph):
         assert again.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
         torch.testing.assert_close(out, out0, rtol=0, atol=0)
         torch.testing.assert_close(again, general.sweep(theta, out0), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(bp.dual(theta, out), general.dual(theta, out0), rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            bp.dual(theta, out), general.dual(theta, out0), rtol=1e-12, atol=0
+        )
 
 
 @pytest.mark.parametrize(
