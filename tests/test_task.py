@@ -14,23 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from structlight.head import ChainHead, FullyConnectedHead
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule, SyntheticChainDataset
+from tests.ddp_scripts.common import quiet_trainer as make_trainer
 
 K = 10  # states of the synthetic chain task (the data module's default)
 HIDDEN = 16
-
-
-def make_trainer(**kw) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
-    defaults.update(kw)
-    return pl.Trainer(**defaults)
 
 
 def make_model(

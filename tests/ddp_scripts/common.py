@@ -47,24 +47,31 @@ def make_model(
     return DeepStructuredModel(backbone, head, optimizer=opt, val_sweeps=5)
 
 
-def make_trainer(max_epochs: int, devices: int, val: bool, **kw: Any) -> pl.Trainer:
-    """A quiet CPU trainer; DDP (gloo) when ``devices > 1``."""
+def quiet_trainer(**kw: Any) -> pl.Trainer:
+    """A deterministic CPU trainer without logger, checkpoints, progress bar or summary
+    (``kw`` overrides; also used by ``tests/test_task.py``)."""
     args: dict[str, Any] = dict(
         accelerator="cpu",
-        devices=devices,
-        max_epochs=max_epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
-        limit_val_batches=1.0 if val else 0,
+    )
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+def make_trainer(max_epochs: int, devices: int, val: bool, **kw: Any) -> pl.Trainer:
+    """A quiet CPU trainer; DDP (gloo) when ``devices > 1``."""
+    args: dict[str, Any] = dict(
+        devices=devices, max_epochs=max_epochs, limit_val_batches=1.0 if val else 0
     )
     if devices > 1:
         args["strategy"] = "ddp"
     args.update(kw)
-    return pl.Trainer(**args)
+    return quiet_trainer(**args)
 
 
 class MergedShardBatchSampler(Sampler[list[int]]):
