@@ -25,6 +25,7 @@ and so is its backward). Pairwise graphs have a faster layout of their own (``fa
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -1443,11 +1444,26 @@ class ConvexBP:
             A list of ``num_regions`` tensors, region ``r`` of shape ``(B, *region_shape(r))``.
         """
         pad, _ = self._padded_beliefs(pots, msgs)
-        g = self.graph
-        return [
-            pad[:, r, : self._sizes[r]].reshape(pad.shape[0], *g.region_shape(r))
-            for r in range(g.num_regions)
-        ]
+        b = pad.shape[0]
+        out: list[Tensor] = [pad] * self.graph.num_regions  # every entry replaced below
+        # regions of one shape at once: one gather, then views (a loop of thousands of
+        # per-region slices is slow on large graphs)
+        for shape, regs in self._regions_by_shape().items():
+            idx = torch.as_tensor(regs, device=pad.device)
+            sub = pad.index_select(1, idx)[:, :, : math.prod(shape)]
+            for r, t in zip(regs, sub.reshape(b, len(regs), *shape).unbind(1), strict=True):
+                out[r] = t
+        return out
+
+    def _regions_by_shape(self) -> dict[tuple[int, ...], list[int]]:
+        """Region indices grouped by region shape (cached)."""
+        groups = getattr(self, "_shape_groups", None)
+        if groups is None:
+            groups = {}
+            for r in range(self.graph.num_regions):
+                groups.setdefault(tuple(self.graph.region_shape(r)), []).append(r)
+            self._shape_groups = groups
+        return groups
 
     def variable_beliefs(self, pots: Potentials, msgs: Tensor) -> Tensor:
         """Per-variable beliefs, marginalised from the smallest region holding each variable.
