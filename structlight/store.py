@@ -384,7 +384,9 @@ class MessageStore(nn.Module):
             )
         src = msgs.detach().to(self._messages.dtype)
         if self._pinned() and src.is_cuda:
-            self._scatter_async(local, src)
+            # (a sweep's output is a transposed view: made contiguous here, on the compute
+            # stream, so that the side stream's copy to pinned memory is one plain memcpy)
+            self._scatter_async(local, src.contiguous())
             return
         self.flush()
         self._messages.index_copy_(0, local, src.to(self._messages.device))
