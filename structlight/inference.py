@@ -227,7 +227,6 @@ class _DenseBlock:
     chat: Tensor  # (P, 1, 1) ĉ of each pair
     inv: Tensor  # (P, 1, 1, 1) 1 / ĉ (1 where ĉ = 0)
     weight: Tensor | float  # (P, 1, 1) c_e / (c_i + sum_e' c_e'), or one number for all
-    weight_t: Tensor  # (P, 1, 1) the same as a tensor always (the compiled sweep's)
     mask: Tensor  # (P, K, 1) 1 for real states of the block variable, 0 for padding
     all_pos: bool
     all_zero: bool
@@ -487,6 +486,10 @@ class ConvexBP:
         self._chat = np.array([eps * c for c in g.counting_numbers], dtype=np.float64)
         self._np = self._compile_numpy()
         self._np_dense = self._compile_dense() if fast_path else None
+        d = self._np_dense  # what compile=True needs of the graph (checked once, not per sweep)
+        self._compilable = bool(
+            d is not None and d["uniform"] and all(b["unit"] for b in d["blocks"])
+        )
         self._cache: dict[tuple[torch.device, torch.dtype], _Compiled] = {}
         self._prep: tuple | None = None  # (weakref to theta, its version, sweep tables)
         # (theta's storage, its signature, exp-space sweep tables): left by a sweep for the next
@@ -647,14 +650,7 @@ class ConvexBP:
     def uses_compiled_sweeps(self) -> bool:
         """Whether :meth:`sweep` runs compiled (``compile=True`` on a pairwise graph with one
         state count and all ĉ = 1; False again once compiling has failed)."""
-        d = self._np_dense
-        return bool(
-            self.compile
-            and not _COMPILE_FAILED
-            and d is not None
-            and d["uniform"]
-            and all(b["unit"] for b in d["blocks"])
-        )
+        return self.compile and self._compilable and not _COMPILE_FAILED
 
     def _compile_dense(self) -> dict | None:
         g = self.graph
@@ -752,7 +748,6 @@ class ConvexBP:
                     chat=chat_a[:, None, None],
                     inv=inv[:, None, None, None],
                     weight=float(w[0]) if np.all(w == w[0]) else w[:, None, None],
-                    weight_t=w[:, None, None],
                     mask=np.stack(mask)[:, :, None].astype(np.float64),
                     all_pos=bool((chat_a > 0).all()),
                     all_zero=bool((chat_a == 0).all()),
@@ -1146,7 +1141,17 @@ class ConvexBP:
                 parts += [blk.other, blk.node_pos, blk.nodes]
                 spans.append((blk.start, blk.stop, off, int(blk.nodes.numel())))
                 off += 2 * (blk.stop - blk.start) + int(blk.nodes.numel())
-            consts = (torch.cat(parts), torch.cat([blk.weight_t for blk in d.blocks]), tuple(spans))
+            weights = torch.cat(
+                [
+                    blk.weight
+                    if isinstance(blk.weight, Tensor)
+                    else blk.other.new_full(
+                        (blk.stop - blk.start, 1, 1), blk.weight, dtype=theta.dtype
+                    )
+                    for blk in d.blocks
+                ]
+            )
+            consts = (torch.cat(parts), weights, tuple(spans))
             fns = (torch.compile(_log_sweep), torch.compile(_exp_sweep), consts)
             self._sweep_fns[fkey] = fns
         log_fn, exp_fn, consts = fns
