@@ -51,6 +51,27 @@ NEG_INF = -1e30
 #: states keep the log-space two-term formula, which needs no table.
 EXP_MIN_STATES = 3
 
+#: The dtypes the engine computes in. Half precision (float16, bfloat16) is refused: with 3 and 8
+#: significant bits the block updates' cancellations (``w_p a - mu_p``, then ``f_r - sum_p lam``)
+#: lose every digit, so the dual rises and the beliefs are noise; float16 cannot even hold
+#: :data:`NEG_INF`. Heads upcast half-precision potentials to float32 before calling the engine.
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+#: Ties of a ĉ = 0 region's reparameterised scores, relative to the magnitude of the numbers
+#: that make each score up. A ĉ = 0 region's dual term is ``max fhat_r``; at convergence (and,
+#: for a region without children, right after its own block update, which makes ``fhat_r``
+#: constant: ``sum_p w_p = 1`` when ``c_r = 0 < sum_p c_p``) its states tie up to rounding, and
+#: the parents' marginals say how the belief spreads over them. The rounding error of
+#: ``fhat_r(y)`` is at most a few dozen rounding units times ``s_r(y) = 1 + |f_r(y)| + sum |lam|
+#: over the messages summed into fhat_r(y) + sum_{p in P(r)} |max fhat_p|`` (the last term bounds
+#: the ``mu[p->r]`` the update cancelled), so states within ``TIE_RTOL * s_r(y)`` of each other
+#: count as tied: about 800 float32 rounding units (a wide margin over a fully connected node's
+#: ~40 terms; float32 ties measure about 1e-6 relative), and in float64 about 4e6 units, which
+#: also absorbs a run stopped at a tolerance short of full convergence. Wider ties only make the
+#: gradient an epsilon-subgradient (tied states are within ``TIE_RTOL * s`` of the max);
+#: narrower ones let rounding noise pick a state.
+TIE_RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
+
 Potentials = Sequence[Tensor] | Tensor
 
 #: Set once :func:`torch.compile` has failed in this process: compiled sweeps are then skipped.
@@ -182,6 +203,74 @@ def _lse_shifted(x: Tensor, m: Tensor, dim: int) -> Tensor:
     return (x - m).exp().sum(dim).log() + m.squeeze(dim)
 
 
+class _MaxWithGrad(torch.autograd.Function):
+    """``x.amax(dim)`` whose gradient is the given distribution ``w`` over ``dim``.
+
+    The dual term of a ĉ = 0 region is ``max fhat_r``; any distribution on its arg-max face is a
+    subgradient, and the engine's choice is the region's belief (see
+    :meth:`ConvexBP._face_beliefs`), so that the dual's gradient is the beliefs on every path.
+    ``x`` and ``w`` share their shape; ``w`` is a constant (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, dim: int) -> Tensor:
+        ctx.save_for_backward(w)
+        ctx.dim = dim
+        return x.amax(dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        (w,) = ctx.saved_tensors
+        return grad.unsqueeze(ctx.dim) * w, None, None
+
+
+_POTS_HINT = "pass theta.float() (StructuredHead.forward does this)"
+_MSGS_HINT = "pass msgs.float() (init_messages makes float32 messages by default)"
+
+
+#: Rows up to this long get :func:`_softmax_last`'s four plain ops instead of ``torch.softmax``:
+#: on the CPU its per-row overhead makes it 3-5x slower on rows of 2..8 entries (binary
+#: singletons and pairs), while it wins from about 16 entries on.
+SHORT_ROWS = 8
+
+
+def _softmax_last(x: Tensor) -> Tensor:
+    """``torch.softmax(x, -1)``; as plain ops for rows of at most :data:`SHORT_ROWS` entries.
+
+    Rows must not be all ``-inf`` (potentials are clamped to :data:`NEG_INF`).
+    """
+    if x.shape[-1] > SHORT_ROWS:
+        return torch.softmax(x, dim=-1)
+    e = (x - x.detach().amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _one_hot_argmax(x: Tensor, dim: int) -> Tensor:
+    """One-hot of the first maximum of ``x`` along ``dim``, in ``x``'s shape and dtype.
+
+    (``max(dim).indices``: the first maximal index like ``argmax``, several times faster on the
+    CPU when ``dim`` is not the innermost axis; a scatter instead of ``one_hot``'s int64 table.)
+    """
+    idx = x.detach().max(dim, keepdim=True).indices
+    return torch.zeros_like(x, memory_format=torch.contiguous_format).scatter_(dim, idx, 1.0)
+
+
+def _check_dtype(dtype: torch.dtype, what: str, hint: str) -> None:
+    """Refuse anything but :data:`COMPUTE_DTYPES` for potentials or messages.
+
+    Raises:
+        TypeError: not a floating-point dtype.
+        ValueError: a floating-point dtype the engine does not compute in (half precision).
+    """
+    if dtype in COMPUTE_DTYPES:
+        return
+    if not dtype.is_floating_point:
+        raise TypeError(f"{what} must be floating point, got {dtype}")
+    raise ValueError(
+        f"ConvexBP computes in float32 or float64; got {what} of dtype {dtype}: {hint}"
+    )
+
+
 def _cat_int(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
@@ -269,6 +358,9 @@ class _Dense:
     pair_inv: Tensor  # (E, 1)
     node_flags: tuple[bool, bool, bool]  # (all ĉ > 0, all ĉ = 0, all ĉ = 1) over singletons
     pair_flags: tuple[bool, bool, bool]  # the same over pairs
+    pair_var0: Tensor  # (E,) first variable of each pair (rows of the pair tables)
+    pair_var1: Tensor  # (E,) second variable (columns)
+    node_valid: Tensor  # (N, K, 1) 1 for real states, 0 for padding
 
 
 class _DenseDual(torch.autograd.Function):
@@ -405,6 +497,15 @@ def _handoff_sig(t: Tensor) -> tuple:
 
 
 @dataclass
+class _ZeroLevel:
+    """One depth of ĉ = 0 regions with parents (see :meth:`ConvexBP._compile_zero_levels`)."""
+
+    regions: Tensor  # (G,) the regions
+    src: Tensor  # parent-belief entries of the flat (B, R*Smax) beliefs
+    tgt: Tensor  # their entries in the level's flat (B, G*Smax) parent marginals
+
+
+@dataclass
 class _Compiled:
     blocks: list[_Block]
     fhat_tgt_in: Tensor  # fhat = theta + lam[in_src] at in_tgt - lam[out_src] at out_tgt
@@ -422,6 +523,10 @@ class _Compiled:
     score_base: Tensor  # (R,) offsets o_r
     score_vars: Tensor  # (R, L) variables of each region (padded with 0)
     score_strides: Tensor  # (R, L) row-major strides (0 in padding)
+    var_fill: Tensor  # (V + 1,) 1 / K_v at the states of variables in no region, else 0
+    edge_child: Tensor  # (E,) child region of each message
+    edge_parent: Tensor  # (E,) parent region of each message
+    zero_levels: list[_ZeroLevel]  # ĉ = 0 regions with parents, top-down
     dense: _Dense | None = None
 
 
@@ -451,7 +556,8 @@ class ConvexBP:
     All methods take potentials either as a list of ``num_regions`` tensors, region ``r`` of
     shape ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts over the batch, e.g. a shared
     pairwise table), or pre-packed as one ``(B, T)`` tensor from :meth:`pack`. Messages are a
-    ``(B, M)`` tensor (:meth:`init_messages`). float32 and float64, CPU and CUDA.
+    ``(B, M)`` tensor (:meth:`init_messages`). float32 and float64, CPU and CUDA; half precision
+    is refused with a ``ValueError`` (see :data:`COMPUTE_DTYPES`).
 
     Cost: one :meth:`sweep` is ``O(B * sum_{(r,p)} |Y_p| * (|C(p)| + |P(p)|))`` work in
     ``len(graph.schedule())`` sequential block steps of about a dozen tensor ops each.
@@ -484,6 +590,9 @@ class ConvexBP:
         self._proj = {e: g.projection(*e) for e in self._edges}
         self._schedule = g.schedule()
         self._chat = np.array([eps * c for c in g.counting_numbers], dtype=np.float64)
+        # any ĉ = 0 region: beliefs and the dual's gradient then need the parent-implied beliefs
+        # of those regions (decided once here; graphs with every ĉ > 0 never look at them)
+        self._has_zero_regions = bool((self._chat == 0).any())
         self._np = self._compile_numpy()
         self._np_dense = self._compile_dense() if fast_path else None
         d = self._np_dense  # what compile=True needs of the graph (checked once, not per sweep)
@@ -611,6 +720,10 @@ class ConvexBP:
         var_pad = np.full((g.num_vars, kmax), int(ks.sum()), dtype=np.int64)
         for v in range(g.num_vars):
             var_pad[v, : ks[v]] = var_off[v] + np.arange(ks[v])
+        # variables in no region: the model puts no factor on them, so their belief is uniform
+        var_fill = np.zeros(int(ks.sum()) + 1)
+        for v in missing:
+            var_fill[var_off[v] : var_off[v] + ks[v]] = 1.0 / ks[v]
         lmax = max(len(r) for r in g.regions)
         svars = np.zeros((num_r, lmax), dtype=np.int64)
         sstr = np.zeros((num_r, lmax), dtype=np.int64)
@@ -636,10 +749,49 @@ class ConvexBP:
             var_tgt=_cat_int(vtgt),
             var_pad_idx=var_pad,
             missing_vars=missing,
+            var_fill=var_fill,
+            edge_child=np.array([c for c, _ in self._edges], dtype=np.int64),
+            edge_parent=np.array([p for _, p in self._edges], dtype=np.int64),
+            zero_levels=self._compile_zero_levels(smax),
             score_base=self._offsets.copy(),
             score_vars=svars,
             score_strides=sstr,
         )
+
+    def _compile_zero_levels(self, smax: int) -> list[dict]:
+        """Index arrays for the beliefs of the ĉ = 0 regions that have parents, top-down.
+
+        Such a region's belief is the sum of its parents' beliefs marginalised onto it (then
+        restricted to its arg-max face and renormalised, :meth:`ConvexBP._face_beliefs`), so a
+        region can only be done after its parents: regions are grouped by depth in the Hasse
+        diagram (no parents: depth 0), one vectorised step per depth. Each level holds
+        ``regions`` (G,), and ``src``/``tgt``: every parent-belief entry ``p * Smax + y_p`` of
+        the padded ``(B, R, Smax)`` beliefs and the entry ``j * Smax + y_r`` of the level's
+        ``(B, G, Smax)`` sums it goes to. Empty where every ĉ > 0 (or no ĉ = 0 region has a
+        parent).
+        """
+        g = self.graph
+        zero = self._chat == 0
+        if not any(zero[r] and g.parents(r) for r in range(g.num_regions)):
+            return []
+        depth = np.zeros(g.num_regions, dtype=np.int64)
+        # parents are strict supersets: larger regions first gives every parent its depth first
+        for r in sorted(range(g.num_regions), key=lambda r: -len(g.regions[r])):
+            ps = g.parents(r)
+            depth[r] = 1 + max(depth[p] for p in ps) if ps else 0
+        todo = [r for r in range(g.num_regions) if zero[r] and g.parents(r)]
+        levels = []
+        for lvl in sorted({int(depth[r]) for r in todo}):
+            regs = [r for r in todo if depth[r] == lvl]
+            src, tgt = [], []
+            for j, r in enumerate(regs):
+                for p in g.parents(r):
+                    src.append(p * smax + np.arange(self._sizes[p]))
+                    tgt.append(j * smax + self._proj[(r, p)])
+            levels.append(
+                dict(regions=np.array(regs, dtype=np.int64), src=_cat_int(src), tgt=_cat_int(tgt))
+            )
+        return levels
 
     @property
     def uses_fast_path(self) -> bool:
@@ -798,6 +950,11 @@ class ConvexBP:
             pair_inv=inv(pair_chat),
             node_flags=flags(node_chat),
             pair_flags=flags(pair_chat),
+            pair_var0=np.array([g.regions[p][0] for p in pairs], dtype=np.int64),
+            pair_var1=np.array([g.regions[p][1] for p in pairs], dtype=np.int64),
+            node_valid=(np.arange(kmax)[None, :] < np.array(ks)[:, None])[:, :, None].astype(
+                np.float64
+            ),
         )
 
     def _compiled(self, device: torch.device, dtype: torch.dtype) -> _Compiled:
@@ -828,10 +985,13 @@ class ConvexBP:
         comp = _Compiled(
             blocks=blocks,
             dense=dense,
+            zero_levels=[
+                _ZeroLevel(**{k: t(v) for k, v in lv.items()}) for lv in nb["zero_levels"]
+            ],
             **{
                 k: (v if isinstance(v, bool) else t(v))
                 for k, v in nb.items()
-                if k not in ("blocks", "missing_vars")
+                if k not in ("blocks", "missing_vars", "zero_levels")
             },
         )
         self._cache[key] = comp
@@ -852,8 +1012,10 @@ class ConvexBP:
             for forbidden states) clamped to it.
 
         Raises:
-            TypeError: ``pots`` is neither a tensor nor a sequence of tensors.
-            ValueError: wrong number of tables, wrong shape, or inconsistent batch sizes.
+            TypeError: ``pots`` is neither a tensor nor a sequence of tensors, or not floating
+                point.
+            ValueError: wrong number of tables, wrong shape, inconsistent batch sizes, or a
+                dtype other than float32 and float64 (half precision).
         """
         return self._pack(pots, batch_size).clamp_min(NEG_INF)
 
@@ -893,10 +1055,10 @@ class ConvexBP:
                         f"potential {r} (region {g.regions[r]}) must have shape (B, "
                         f"{', '.join(map(str, want))}), got {tuple(p.shape)}"
                     )
+                _check_dtype(p.dtype, f"potential {r}", _POTS_HINT)
                 flat.append(p.reshape(p.shape[0], -1).expand(b, -1))
             theta = torch.cat(flat, dim=1)
-        if not theta.is_floating_point():
-            raise TypeError(f"potentials must be floating point, got {theta.dtype}")
+        _check_dtype(theta.dtype, "potentials", _POTS_HINT)
         if batch_size is not None and theta.shape[0] != batch_size:
             if theta.shape[0] != 1:
                 raise ValueError(
@@ -915,7 +1077,12 @@ class ConvexBP:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Zero messages, ``(batch_size, M)`` with ``M = num_message_entries``."""
+        """Zero messages, ``(batch_size, M)`` with ``M = num_message_entries``.
+
+        Raises:
+            ValueError: ``dtype`` is not float32 or float64.
+        """
+        _check_dtype(dtype, "messages", _MSGS_HINT)
         return torch.zeros(batch_size, self.num_message_entries, dtype=dtype, device=device)
 
     def _check_msgs(self, theta: Tensor, msgs: Tensor) -> None:
@@ -926,6 +1093,7 @@ class ConvexBP:
                 f"messages must have shape (B, {self.num_message_entries}) for this graph, got "
                 f"{tuple(msgs.shape)} (messages from another graph?)"
             )
+        _check_dtype(msgs.dtype, "messages", _MSGS_HINT)
         if msgs.shape[0] != theta.shape[0]:
             raise ValueError(
                 f"messages have batch size {msgs.shape[0]} but potentials {theta.shape[0]}"
@@ -945,18 +1113,28 @@ class ConvexBP:
 
     # ------------------------------------------------------------------ message passing
     @staticmethod
-    def _soft_max(v: Tensor, chat: Tensor, inv: Tensor, all_pos: bool, all_zero: bool) -> Tensor:
+    def _soft_max(
+        v: Tensor,
+        chat: Tensor,
+        inv: Tensor,
+        all_pos: bool,
+        all_zero: bool,
+        bel: Tensor | None = None,
+    ) -> Tensor:
         """``ĉ * logsumexp(v / ĉ)`` over the last axis (``max`` where ``ĉ = 0``).
 
-        ``v``: ``(B, n, K)``; ``chat``: ``(n,)``; ``inv``: ``(n, 1)``.
+        ``v``: ``(B, n, K)``; ``chat``: ``(n,)``; ``inv``: ``(n, 1)``; ``bel``: ``(B, n, K)``
+        beliefs, the gradient of the ``max`` rows (None: ``amax``'s own).
         """
+        if not all_pos:
+            hard = v.amax(dim=-1) if bel is None else _MaxWithGrad.apply(v, bel, -1)
         if all_zero:
-            return v.amax(dim=-1)
+            return hard
         xs = v * inv
         lse = _lse_shifted(xs, xs.detach().amax(dim=-1, keepdim=True), -1) * chat
         if all_pos:
             return lse
-        return torch.where(chat > 0, lse, v.amax(dim=-1))
+        return torch.where(chat > 0, lse, hard)
 
     def sweep(self, pots: Potentials, msgs: Tensor) -> Tensor:
         """One block-coordinate sweep over all regions that have parents.
@@ -1373,56 +1551,76 @@ class ConvexBP:
             msgs: ``(B, M)`` messages.
 
         Returns:
-            ``(B,)``; ``d.sum().backward()`` gives each table the beliefs of its region.
+            ``(B,)``; ``d.sum().backward()`` gives each table the beliefs of its region
+            (:meth:`beliefs`): the softmax where ``ĉ_r > 0``; where ``ĉ_r = 0`` the term is
+            ``max fhat_r`` and its gradient the belief on its arg-max face, a subgradient.
         """
         theta = self._prepare(pots, msgs)
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
             d = comp.dense
             if d.uniform and d.node_flags[2] and d.pair_flags[2]:
+                # every ĉ = 1 (no ĉ = 0 region): the custom Function and its shared-table forms
                 hand, self._handoff = self._handoff, None
                 tables = None
                 if hand is not None and not theta.is_inference() and hand[1] == _handoff_sig(theta):
                     tables = hand[2]
                 return _DenseDual.apply(theta, msgs, d, tables)
-            nodes, pairs = self._dense_fhat(theta, msgs, d)
+            nodes, pairs, raw, lam = self._dense_fhat(theta, msgs, d)
+            node_b = pair_b = None
+            if self._has_zero_regions:
+                node_b, pair_b = self._dense_beliefs(d, nodes, pairs, raw, lam)
             k = d.kmax
             pairs = pairs.view(pairs.shape[0], k * k, -1)
             node_d = self._soft_max1(
-                nodes, d.node_chat[:, None], d.node_inv[..., None], d.node_flags
+                nodes, d.node_chat[:, None], d.node_inv[..., None], d.node_flags, node_b
             )
             pair_d = self._soft_max1(
-                pairs, d.pair_chat[:, None], d.pair_inv[..., None], d.pair_flags
+                pairs, d.pair_chat[:, None], d.pair_inv[..., None], d.pair_flags, pair_b
             )
             return node_d.sum(0) + pair_d.sum(0)
         pad, comp = self._padded(self.reparameterize(theta, msgs))
-        per_region = self._soft_max(pad, comp.chat, comp.inv, comp.all_pos, comp.all_zero)
+        bel = None
+        if self._has_zero_regions:
+            bel = self._region_beliefs(pad.detach(), theta, msgs, comp)
+        per_region = self._soft_max(pad, comp.chat, comp.inv, comp.all_pos, comp.all_zero, bel)
         return per_region.sum(dim=1)
 
     @classmethod
     def _soft_max1(
-        cls, x: Tensor, chat: Tensor, inv: Tensor, flags: tuple[bool, bool, bool]
+        cls,
+        x: Tensor,
+        chat: Tensor,
+        inv: Tensor,
+        flags: tuple[bool, bool, bool],
+        bel: Tensor | None = None,
     ) -> Tensor:
         """``ĉ * logsumexp(x / ĉ)`` over dim 1 (``max`` where ``ĉ = 0``), differentiable.
 
         ``x``: ``(n, K, B)``; ``chat``: ``(n, 1)``; ``inv``: ``(n, 1, 1)``; ``flags``: all ĉ > 0,
-        all ĉ = 0, all ĉ = 1.
+        all ĉ = 0, all ĉ = 1; ``bel``: ``(n, K, B)`` beliefs, the gradient of the ``max`` rows
+        (None: ``amax``'s own).
         """
         all_pos, all_zero, unit = flags
+        if not all_pos:
+            hard = x.amax(dim=1) if bel is None else _MaxWithGrad.apply(x, bel, 1)
         if all_zero:
-            return x.amax(dim=1)
+            return hard
         xs = x if unit else x * inv
         lse = _lse_shifted(xs, cls._tree_max(xs.detach(), 1), 1)
         if unit:
             return lse
         lse = lse * chat
-        return lse if all_pos else torch.where(chat > 0, lse, x.amax(dim=1))
+        return lse if all_pos else torch.where(chat > 0, lse, hard)
 
-    def _dense_fhat(self, theta: Tensor, msgs: Tensor, d: _Dense) -> tuple[Tensor, Tensor]:
+    def _dense_fhat(
+        self, theta: Tensor, msgs: Tensor, d: _Dense
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Reparameterised singleton ``(N, K, B)`` and pair ``(E, K, K, B)`` tables (fast path).
 
         ``fhat_i = f_i - sum_{e at i} lam[i->e]`` and ``fhat_e(y_a, y_b) = f_e(y_a, y_b)
-        + lam[a->e](y_a) + lam[b->e](y_b)`` (DESIGN §1), batch-last; differentiable.
+        + lam[a->e](y_a) + lam[b->e](y_b)`` (DESIGN §1), batch-last; differentiable. Then what
+        they were made of: the singleton tables ``f_i`` ``(N, K, B)`` and the slots ``(S, K, B)``.
         """
         nodes, pairs = self._dense_tables(theta, d)
         lam = self._slots(msgs, d)  # (S, K, B)
@@ -1430,20 +1628,148 @@ class ConvexBP:
         fpair = pairs + lam.index_select(0, d.end0).unsqueeze(2)
         fpair = fpair + lam.index_select(0, d.end1).unsqueeze(1)
         fnode = nodes.index_add(0, d.slot_var, lam, alpha=-1)
-        return fnode, fpair
+        return fnode, fpair, nodes, lam
+
+    @staticmethod
+    def _soft_or_hard(
+        x: Tensor, chat: Tensor, inv: Tensor, flags: tuple[bool, bool, bool], dim: int
+    ) -> Tensor:
+        """``softmax(x / ĉ)`` over ``dim``, one-hot argmax where ``ĉ = 0``.
+
+        ``chat`` and ``inv`` broadcast against ``x`` (size 1 along ``dim``); ``flags``: all
+        ĉ > 0, all ĉ = 0, all ĉ = 1 (only the kind needed is computed).
+        """
+        all_pos, all_zero, _ = flags
+        if all_zero:
+            return _one_hot_argmax(x, dim)
+        soft = torch.softmax(x * inv, dim=dim)
+        return soft if all_pos else torch.where(chat > 0, soft, _one_hot_argmax(x, dim))
+
+    @staticmethod
+    def _face_beliefs(q: Tensor, fhat: Tensor, mags: Tensor, hard: Tensor, dim: int) -> Tensor:
+        """Beliefs of ĉ = 0 regions: their parents' marginals on the arg-max face, renormalised.
+
+        A state is on the face when it ties with the best one up to rounding: with
+        ``tol = TIE_RTOL * mags`` (``mags`` bounds the numbers summed into each score), when its
+        interval ``fhat +- tol`` reaches the highest lower end ``max (fhat - tol)``. Any
+        distribution on the face is a subgradient of ``max fhat``; at convergence every state
+        the parents give mass to ties, and the result is the parents' marginal. Where the
+        parents give the face no mass (away from convergence, say), the one-hot ``hard``.
+
+        Args:
+            q: parent marginals (summed over parents), ``>= 0``.
+            fhat: the regions' reparameterised scores (``-inf`` padding allowed).
+            mags: ``s_r(y)`` of :data:`TIE_RTOL`, finite.
+            hard: one-hot argmax beliefs.
+            dim: the state axis; all four tensors share their shape.
+
+        Returns:
+            Beliefs, the shape of ``q``.
+        """
+        tol = mags * TIE_RTOL[fhat.dtype]
+        q = q * (fhat + tol >= (fhat - tol).amax(dim, keepdim=True))
+        mass = q.sum(dim, keepdim=True)
+        some = mass > 0
+        return torch.where(some, q / torch.where(some, mass, 1.0), hard)
+
+    def _dense_beliefs(
+        self, d: _Dense, fnode: Tensor, fpair: Tensor, f_raw: Tensor, lam: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Node ``(N, K, B)`` and pair ``(E, K*K, B)`` beliefs on the fast path, no gradient.
+
+        Softmax where ``ĉ > 0``; a ĉ = 0 pair (no parents) gets the one-hot argmax, a ĉ = 0 node
+        the sum of its pairs' beliefs marginalised onto it, restricted to its arg-max face
+        (:meth:`_face_beliefs`): what :meth:`_region_beliefs` gives on the general layout.
+        ``fnode``, ``fpair``, ``f_raw``, ``lam``: :meth:`_dense_fhat`'s four tensors.
+        """
+        with torch.no_grad():
+            k = d.kmax
+            fn = fnode.detach()
+            fp = fpair.detach().reshape(fpair.shape[0], k * k, -1)
+            pair_b = self._soft_or_hard(
+                fp, d.pair_chat[:, None, None], d.pair_inv[..., None], d.pair_flags, 1
+            )
+            node_b = self._soft_or_hard(
+                fn, d.node_chat[:, None, None], d.node_inv[..., None], d.node_flags, 1
+            )
+            if d.node_flags[0]:
+                return node_b, pair_b
+            b = fn.shape[-1]
+            p4 = pair_b.view(-1, k, k, b)
+            q = torch.zeros_like(fn).index_add_(0, d.pair_var0, p4.sum(2))
+            q = q.index_add_(0, d.pair_var1, p4.sum(1)).mul_(d.node_valid)
+            mags = f_raw.detach().abs().index_add_(0, d.slot_var, lam.detach().abs())
+            top = fp.amax(1).abs_().index_select(0, d.msg_pair)  # (S, B): |max fhat_e| per slot
+            up = top.new_zeros(fn.shape[0], b).index_add_(0, d.slot_var, top)
+            mags += up.add_(1).unsqueeze(1)
+            node_b = torch.where(
+                (d.node_chat == 0)[:, None, None],
+                self._face_beliefs(q, fn, mags, node_b, 1),
+                node_b,
+            )
+        return node_b, pair_b
+
+    def _region_beliefs(
+        self, pad: Tensor, pots: Potentials, msgs: Tensor, comp: _Compiled
+    ) -> Tensor:
+        """Beliefs of all regions from their padded reparameterised scores ``(B, R, Smax)``.
+
+        ``softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0`` (differentiable); where ``ĉ_r = 0``, regions
+        with parents get :meth:`_face_beliefs` of their parents' beliefs (top-down, so a ĉ = 0
+        parent is done first), those without the one-hot argmax (no gradient either way).
+        ``pots`` and ``msgs``: what ``pad`` was computed from (read only for ĉ = 0 regions with
+        parents).
+        """
+        soft = _softmax_last(pad * comp.inv) if not comp.all_zero else None
+        if comp.all_pos:
+            return soft
+        hard = _one_hot_argmax(pad, -1)
+        bel = hard if soft is None else torch.where((comp.chat > 0)[:, None], soft, hard)
+        if not comp.zero_levels:
+            return bel
+        with torch.no_grad():
+            b, smax = pad.shape[0], pad.shape[2]
+            fh = pad.detach()
+            # s_r(y) of TIE_RTOL: |f_r| + the |lam| summed into fhat_r + sum_p |max fhat_p| + 1
+            ma = msgs.detach().abs()
+            mags = self._theta(pots, batch_size=b).detach().abs()
+            mags = mags.index_add(1, comp.fhat_tgt_in, ma.index_select(1, comp.fhat_src_in))
+            mags = mags.index_add_(1, comp.fhat_tgt_out, ma.index_select(1, comp.fhat_src_out))
+            mags = torch.cat([mags, mags.new_zeros(b, 1)], dim=1)
+            mags = mags.index_select(1, comp.pad_idx.view(-1)).view(b, -1, smax)
+            top = fh.amax(-1).abs_()  # (B, R)
+            up = torch.zeros_like(top).index_add_(
+                1, comp.edge_child, top.index_select(1, comp.edge_parent)
+            )
+            mags += up.add_(1).unsqueeze(-1)
+            out = bel.detach()
+            for lvl in comp.zero_levels:
+                q = out.new_zeros(b, lvl.regions.numel() * smax)
+                q.index_add_(1, lvl.tgt, out.reshape(b, -1).index_select(1, lvl.src))
+                new = self._face_beliefs(
+                    q.view(b, -1, smax),
+                    fh.index_select(1, lvl.regions),
+                    mags.index_select(1, lvl.regions),
+                    out.index_select(1, lvl.regions),
+                    -1,
+                )
+                out = out.index_copy(1, lvl.regions, new)
+            zero = torch.cat([lvl.regions for lvl in comp.zero_levels])
+            new = out.index_select(1, zero)
+        return bel.index_copy(1, zero, new)
 
     def _padded_beliefs(self, pots: Potentials, msgs: Tensor) -> tuple[Tensor, _Compiled]:
         pad, comp = self._padded(self.reparameterize(pots, msgs))
-        soft = torch.softmax(pad * comp.inv, dim=-1) if not comp.all_zero else None
-        if comp.all_pos:
-            return soft, comp
-        hard = torch.nn.functional.one_hot(pad.argmax(dim=-1), pad.shape[-1]).to(pad.dtype)
-        if soft is None:
-            return hard, comp
-        return torch.where((comp.chat > 0)[:, None], soft, hard), comp
+        return self._region_beliefs(pad, pots, msgs, comp), comp
 
     def beliefs(self, pots: Potentials, msgs: Tensor) -> list[Tensor]:
-        """Region beliefs ``b_r = softmax(fhat_r / ĉ_r)`` (one-hot argmax where ``ĉ_r = 0``).
+        """Region beliefs: ``b_r = softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0``.
+
+        A ĉ = 0 region's scores tie at convergence (to rounding), so the argmax of ``fhat_r``
+        would be noise; its belief is the one its parents imply: the sum of their beliefs
+        marginalised onto it, restricted to its arg-max face (states within :data:`TIE_RTOL`
+        of the max) and renormalised, parents first (top-down). With no parent, or no parent
+        mass on the face, the one-hot argmax. These are the gradients of :meth:`dual`.
 
         Returns:
             A list of ``num_regions`` tensors, region ``r`` of shape ``(B, *region_shape(r))``.
@@ -1473,6 +1799,9 @@ class ConvexBP:
     def variable_beliefs(self, pots: Potentials, msgs: Tensor) -> Tensor:
         """Per-variable beliefs, marginalised from the smallest region holding each variable.
 
+        A variable in no region has no factor: its belief is uniform, ``1 / K_v`` per state.
+        Regions with ``ĉ_r = 0`` contribute the beliefs of :meth:`beliefs`.
+
         Returns:
             ``(B, N, Kmax)``; entries past ``num_states[i]`` are 0.
         """
@@ -1480,30 +1809,31 @@ class ConvexBP:
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
             d = comp.dense
-            nodes = self._dense_fhat(theta, msgs, d)[0].permute(2, 0, 1)
+            fnode, fpair, raw, lam = self._dense_fhat(theta, msgs, d)
+            nodes = fnode.permute(2, 0, 1)
             all_pos, all_zero, _ = d.node_flags
             soft = torch.softmax(nodes * d.node_inv, dim=-1) if not all_zero else None
             if all_pos:
                 return soft
-            hard = torch.nn.functional.one_hot(nodes.argmax(-1), nodes.shape[-1]).to(nodes.dtype)
-            return hard if soft is None else torch.where((d.node_chat > 0)[:, None], soft, hard)
+            other = self._dense_beliefs(d, fnode, fpair, raw, lam)[0].permute(2, 0, 1)
+            return other if soft is None else torch.where((d.node_chat > 0)[:, None], soft, other)
         pad, comp = self._padded_beliefs(theta, msgs)
         b = pad.shape[0]
         flat = pad.reshape(b, -1).index_select(1, comp.var_src)
         nv = int(sum(self.graph.num_states))
         out = pad.new_zeros(b, nv + 1).index_add(1, comp.var_tgt, flat)
+        if self._np["missing_vars"]:
+            out = out + comp.var_fill
         return out.index_select(1, comp.var_pad_idx.view(-1)).view(b, *comp.var_pad_idx.shape)
 
     def decode(self, pots: Potentials, msgs: Tensor) -> Tensor:
-        """Marginal decoding: argmax of each variable's belief.
+        """Marginal decoding: argmax of each variable's belief (first state on ties).
+
+        A variable in no region (uniform belief) decodes to state 0.
 
         Returns:
             ``(B, N)`` long labels.
         """
-        if self._np["missing_vars"]:
-            raise ValueError(
-                f"variables {self._np['missing_vars']} are in no region; they cannot be decoded"
-            )
         vb = self.variable_beliefs(pots, msgs)
         ks = torch.as_tensor(self.graph.num_states, device=vb.device)
         valid = torch.arange(vb.shape[-1], device=vb.device) < ks[:, None]
