@@ -239,3 +239,32 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     out = [line, sep]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
     return "\n".join(out)
+
+
+def add_word50_step_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--batch`` (words per mini-batch) and ``--hidden`` (the unary MLP's width)."""
+    parser.add_argument("--batch", type=int, default=100, help="words per mini-batch (paper: 100)")
+    parser.add_argument("--hidden", type=int, default=1024)
+    return parser
+
+
+def word50_step_inputs(
+    args: argparse.Namespace, num_words: int = 1000
+) -> tuple[torch.device, int, int, torch.Tensor, torch.Tensor]:
+    """Threads, device and random Word50-shaped data for timing training iterations.
+
+    ``--quick`` shrinks everything to a smoke test (and sets ``args.repeats``/``args.warmup``).
+
+    Returns:
+        ``(device, batch, hidden, x, y)``: ``x`` ``(num_words, 5, 1, 28, 28)`` in [0, 1), ``y``
+        ``(num_words, 5)`` letters, on the device.
+    """
+    setup_threads(args.threads)
+    device = resolve_device(args.device)
+    b, hidden, n = args.batch, args.hidden, num_words
+    if args.quick:
+        b, hidden, n, args.repeats, args.warmup = 4, 16, 8, 2, 1
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 5, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, 26, (n, 5), generator=gen).to(device)
+    return device, b, hidden, x, y

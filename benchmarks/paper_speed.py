@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, resolve_device, setup_threads, timeit_interleaved  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_args,
+    add_word50_step_args,
+    timeit_interleaved,
+    word50_step_inputs,
+)
 
 from structlight import MLP, ChainHead  # noqa: E402
 from structlight.backbones import PerPosition  # noqa: E402
@@ -77,21 +82,12 @@ def make_step(model: nn.ModuleDict, kind: str, x: torch.Tensor, y: torch.Tensor,
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = add_common_args(argparse.ArgumentParser(description=__doc__), repeats=30, warmup=3)
-    ap.add_argument("--batch", type=int, default=100, help="words per mini-batch (paper: 100)")
-    ap.add_argument("--hidden", type=int, default=1024)
-    args = ap.parse_args(argv)
-    setup_threads(args.threads)
-    device = resolve_device(args.device)
-    b, hidden, n = args.batch, args.hidden, 1000
-    if args.quick:
-        b, hidden, n, args.repeats, args.warmup = 4, 16, 8, 2, 1
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 5, 1, 28, 28, generator=gen).to(device)
-    y = torch.randint(0, 26, (n, 5), generator=gen).to(device)
+    args = add_word50_step_args(ap).parse_args(argv)
+    device, b, hidden, x, y = word50_step_inputs(args)
     steps = {}
     for kind in ("unary only", *PAPER_SECONDS):
         torch.manual_seed(0)
-        model = build(kind, hidden, n).to(device)
+        model = build(kind, hidden, x.shape[0]).to(device)
         steps[kind] = make_step(model, kind, x, y, b)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(

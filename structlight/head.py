@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from structlight.chain import chain_marginals, chain_potentials, chain_viterbi
 from structlight.graph import RegionGraph
+from structlight.guard import PendingWrite
 from structlight.inference import NEG_INF, ConvexBP
 from structlight.potentials import PairwiseMLP, RegionPotential, RegionTable, Unary
 from structlight.store import MessageStore, StoreLocation
@@ -53,12 +54,16 @@ class StructuredLoss:
         dual_change: ``(B,)`` mean change of the dual per sweep in this step (after minus before;
             ``<= 0``), or None when not tracked / no sweeps ran.
         num_sweeps: sweeps run in this step.
+        pending: the batch's updated messages when :meth:`StructuredHead.training_loss` was
+            asked not to write them back (``write_back=False``), for the caller to write once the
+            step is known to be finite; None otherwise.
     """
 
     loss: Tensor
     dual: Tensor
     dual_change: Tensor | None
     num_sweeps: int
+    pending: PendingWrite | None = None
 
 
 def _check_share(share: str) -> None:
@@ -418,7 +423,9 @@ class StructuredHead(nn.Module):
 
         Raises:
             KeyError: no labels in the batch.
-            ValueError: the labels' shape disagrees with the graph.
+            ValueError: the labels' shape disagrees with the graph, or a label is not a state
+                of its variable (checked before anything reads them; for labels on a GPU this
+                costs one small read of the device).
         """
         if not isinstance(batch, Mapping) or self.label_key not in batch:
             keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
@@ -436,7 +443,24 @@ class StructuredHead(nn.Module):
         if y.dtype.is_floating_point:
             if not bool((y == y.round()).all()):
                 raise ValueError("labels must be integer class indices, got non-integer floats")
-        return y.long()
+        y = y.long()
+        if y.numel():
+            self._check_label_range(y)
+        return y
+
+    def _check_label_range(self, y: Tensor) -> None:
+        """Raise naming the first label that is not a state of its variable."""
+        ks = torch.as_tensor(self.graph.num_states, dtype=torch.long)
+        bad = (y < 0) | (y >= ks)
+        if not bool(bad.any()):
+            return
+        b, v = (int(i) for i in bad.nonzero()[0])
+        k = int(ks[v])
+        raise ValueError(
+            f"batch[{self.label_key!r}][{b}, {v}] = {int(y[b, v])}, but variable {v} has {k} "
+            f"states: labels must be in 0..{k - 1} ({int(bad.sum())} labels of the batch are out "
+            "of range)"
+        )
 
     def augment(self, theta: Tensor, labels: Tensor) -> Tensor:
         """Hamming loss augmentation: ``+1`` on every state of every variable except ``y*_i``.
@@ -477,19 +501,29 @@ class StructuredHead(nn.Module):
         return self.bp.dual(theta_inf, msgs.detach()) - self.bp.score(theta, labels)
 
     def training_loss(
-        self, theta: Tensor, batch: Mapping[str, Any], track_dual_change: bool = True
+        self,
+        theta: Tensor,
+        batch: Mapping[str, Any],
+        track_dual_change: bool = True,
+        write_back: bool = True,
     ) -> StructuredLoss:
         """One step of the paper's algorithm on a batch: message passing, store update, loss.
 
         Blending (``blend=True``): the batch's messages are read from the store, updated by
         ``sweeps_per_step`` sweeps on the detached potentials and written back. Double loop:
         zero messages, up to ``max_sweeps`` sweeps (early stop at ``tol``), nothing stored.
+        The store never takes a non-finite row: an example whose new messages hold a NaN or an
+        infinity keeps its old ones.
 
         Args:
             theta: ``(B, T)`` potentials from :meth:`forward`.
             batch: the batch (labels, and the example indices when blending).
             track_dual_change: compute the dual before the sweeps too (one more dual
                 evaluation), for :attr:`StructuredLoss.dual_change`.
+            write_back: write the new messages to the store now (default); False: return them
+                as :attr:`StructuredLoss.pending` instead, for the caller to write once the
+                whole step (gradients included) is known to be finite, as
+                :class:`structlight.DeepStructuredModel` does.
 
         Returns:
             :class:`StructuredLoss` with the ``(B,)`` loss.
@@ -499,19 +533,25 @@ class StructuredHead(nn.Module):
         theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
         fixed = theta_inf.detach()
         dual_before = None
+        pending = None
         if self.blend:
             index = MessageStore.index_from(batch, self.index_key)
             if index.dim() != 1 or index.shape[0] != b:
                 raise ValueError(
                     f"batch[{self.index_key!r}] must have shape ({b},), got {tuple(index.shape)}"
                 )
-            msgs = self.store.gather(index, device=theta.device).to(dtype=theta.dtype)
+            old = self.store.gather(index, device=theta.device).to(dtype=theta.dtype)
+            msgs = old
             with torch.no_grad():
                 if track_dual_change:
                     dual_before = self.bp.dual(fixed, msgs)
                 for _ in range(self.sweeps_per_step):
                     msgs = self.bp.sweep(fixed, msgs)
-            self.store.scatter(index, msgs)
+            pending = PendingWrite(self.store, index, old, msgs)
+            if write_back:
+                finite = torch.isfinite(msgs).all(dim=1, keepdim=True)
+                self.store.scatter(index, torch.where(finite, msgs, old))
+                pending = None
             num = self.sweeps_per_step
         else:
             with torch.no_grad():
@@ -525,7 +565,9 @@ class StructuredHead(nn.Module):
         change = None
         if dual_before is not None and track_dual_change and num > 0:
             change = (dual.detach() - dual_before) / num
-        return StructuredLoss(loss=loss, dual=dual.detach(), dual_change=change, num_sweeps=num)
+        return StructuredLoss(
+            loss=loss, dual=dual.detach(), dual_change=change, num_sweeps=num, pending=pending
+        )
 
     def independent_loss(self, theta: Tensor, labels: Tensor) -> StructuredLoss:
         """The loss of the model without its pairwise and higher-order regions (``unary_only``).

@@ -7,6 +7,10 @@
   decisions (``as_percentage=True``, the paper's Table 2) or as the mean count per example.
 
 All metrics report percentages (0-100) where they are rates, as the paper's tables do.
+
+Every ``update`` takes an optional ``finite``: ``(B,)`` bool, False for an example whose
+potentials were not finite (NaN or infinity). Such predictions are meaningless, so a metric that
+saw one computes NaN for the whole epoch instead of a plausible number.
 :func:`task_metrics` builds the collection a task type needs.
 """
 
@@ -19,6 +23,23 @@ from torchmetrics import Metric, MetricCollection
 __all__ = ["CharacterAccuracy", "HammingError", "WordAccuracy", "task_metrics"]
 
 
+class _NonFiniteAware(Metric):
+    """Counts examples with non-finite potentials; :meth:`_or_nan` turns a result into NaN."""
+
+    nonfinite: Tensor
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("nonfinite", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _note(self, finite: Tensor | None) -> None:
+        if finite is not None:
+            self.nonfinite += (~finite.bool()).sum()
+
+    def _or_nan(self, value: Tensor) -> Tensor:
+        return torch.where(self.nonfinite > 0, torch.full_like(value, float("nan")), value)
+
+
 def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     if preds.shape != target.shape or preds.dim() != 2:
         raise ValueError(
@@ -28,7 +49,7 @@ def _check(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return preds.long(), target.long()
 
 
-class _CountingAccuracy(Metric):
+class _CountingAccuracy(_NonFiniteAware):
     """``100 * correct / total`` with both counts summed across processes (correct under DDP).
 
     Subclasses say what one batch adds to the counts in :meth:`_counts`.
@@ -49,15 +70,16 @@ class _CountingAccuracy(Metric):
     def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
         raise NotImplementedError
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
+    def update(self, preds: Tensor, target: Tensor, finite: Tensor | None = None) -> None:
+        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``; ``finite``: ``(B,)`` or None."""
         correct, total = self._counts(*_check(preds, target))
         self.correct += correct
         self.total += total
+        self._note(finite)
 
     def compute(self) -> Tensor:
-        """Accuracy in percent."""
-        return 100.0 * self.correct.float() / self.total.clamp_min(1).float()
+        """Accuracy in percent (NaN if an example had non-finite potentials)."""
+        return self._or_nan(100.0 * self.correct.float() / self.total.clamp_min(1).float())
 
 
 class CharacterAccuracy(_CountingAccuracy):
@@ -80,7 +102,7 @@ class WordAccuracy(_CountingAccuracy):
         return (preds == target).all(dim=1).sum(), target.shape[0]
 
 
-class HammingError(Metric):
+class HammingError(_NonFiniteAware):
     """Wrong decisions of multi-label predictions.
 
     Args:
@@ -105,18 +127,22 @@ class HammingError(Metric):
         self.add_state("decisions", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("examples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``."""
+    def update(self, preds: Tensor, target: Tensor, finite: Tensor | None = None) -> None:
+        """Accumulate a batch. ``preds``, ``target``: ``(B, N)``; ``finite``: ``(B,)`` or None."""
         preds, target = _check(preds, target)
         self.wrong += (preds != target).sum()
         self.decisions += target.numel()
         self.examples += target.shape[0]
+        self._note(finite)
 
     def compute(self) -> Tensor:
-        """Percentage of wrong decisions, or the mean wrong count per example."""
+        """Percentage of wrong decisions, or the mean wrong count per example (NaN if an
+        example had non-finite potentials)."""
         if self.as_percentage:
-            return 100.0 * self.wrong.float() / self.decisions.clamp_min(1).float()
-        return self.wrong.float() / self.examples.clamp_min(1).float()
+            value = 100.0 * self.wrong.float() / self.decisions.clamp_min(1).float()
+        else:
+            value = self.wrong.float() / self.examples.clamp_min(1).float()
+        return self._or_nan(value)
 
 
 def task_metrics(task_type: str, prefix: str = "") -> MetricCollection:

@@ -62,6 +62,7 @@ from structlight.distributed import (
     gather_store,
     install_sharded_sampler,
 )
+from structlight.guard import GuardMode, NonFiniteGuard
 from structlight.head import StructuredHead, StructuredLoss
 from structlight.metrics import task_metrics
 from structlight.store import MessageStore
@@ -105,6 +106,13 @@ class DeepStructuredModel(pl.LightningModule):
         log_dual_change: log ``train/dual_change``; it costs one more dual evaluation, done only
             on the steps Lightning logs (every ``Trainer(log_every_n_steps)``).
         metrics: ``"auto"`` (the head's ``task_type``), ``"sequence"`` or ``"multilabel"``.
+        nonfinite_guard: how training steps with a NaN or an infinity (in the potentials, the
+            loss, the new messages or the gradients) are skipped: ``"auto"`` (default),
+            ``"immediate"``, ``"deferred"`` or ``"off"``; see :mod:`structlight.guard`. A skipped
+            step changes no weight, no optimizer state and no stored message; it is counted in
+            ``train/skipped_steps`` and named in a warning.
+        max_consecutive_skips: stop training with :class:`structlight.guard.NonFiniteError`
+            after this many skipped steps in a row (0: never).
 
     Raises:
         TypeError: backbone or head has the wrong type.
@@ -133,6 +141,8 @@ class DeepStructuredModel(pl.LightningModule):
         scheduler_monitor: str | None = None,
         log_dual_change: bool = True,
         metrics: Literal["auto", "sequence", "multilabel"] = "auto",
+        nonfinite_guard: GuardMode = "auto",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
@@ -183,6 +193,9 @@ class DeepStructuredModel(pl.LightningModule):
         self.scheduler_monitor = scheduler_monitor or self.monitor
         self.val_metrics = task_metrics(task_type, prefix="val/")
         self.test_metrics = task_metrics(task_type, prefix="test/")
+        self.guard = NonFiniteGuard(nonfinite_guard, max_consecutive_skips)
+        # examples with non-finite potentials seen by the current validation / test epoch
+        self._eval_nonfinite: dict[str, Tensor] = {}
         self._unary_loaded = False
         # True on every rank from setup("fit") to on_fit_end of a run over several processes:
         # the message stores are sharded, and saving a checkpoint gathers them (a collective)
@@ -223,10 +236,22 @@ class DeepStructuredModel(pl.LightningModule):
                 f"unary_checkpoint '{p}' not found; train the unary model first "
                 "(strategy='unary_only') and pass its checkpoint"
             )
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated file, text file, foreign pickle: all unreadable
+            raise ValueError(
+                f"unary_checkpoint '{p}' is not a readable checkpoint ({type(e).__name__}: "
+                f"{str(e).strip() or 'no details'}). Expected a complete Lightning .ckpt file of a "
+                "strategy='unary_only' run (e.g. <run dir>/checkpoints/last.ckpt); a file cut "
+                "short by a crash or a full disk cannot be loaded: point to an intact checkpoint "
+                "or train the unary model again"
+            ) from e
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
         if not isinstance(state, Mapping):
-            raise ValueError(f"unary_checkpoint '{p}' holds no state_dict")
+            raise ValueError(
+                f"unary_checkpoint '{p}' holds no state_dict: expected a Lightning checkpoint "
+                f"(a dict with 'state_dict') or a state_dict, got {type(ckpt).__name__}"
+            )
         hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, Mapping) else {}
         if isinstance(hp, Mapping) and hp.get("strategy") not in (None, "unary_only"):
             rank_zero_warn(
@@ -315,26 +340,50 @@ class DeepStructuredModel(pl.LightningModule):
                 raise ValueError(f"strategy={self.training_strategy!r} needs unary_checkpoint")
             self.load_unary_checkpoint(self.unary_checkpoint)
 
+    def _num_train_examples(self) -> int | None:
+        """Training examples, from the datamodule's ``num_train_examples`` or the loader."""
+        dm = self.trainer.datamodule
+        n = getattr(dm, "num_train_examples", None) if dm is not None else None
+        if n is not None:
+            return int(n)
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        try:
+            return len(dataset) if dataset is not None else None
+        except TypeError:
+            return None
+
     def on_train_start(self) -> None:
-        """Size the message store from the training dataloader if ``setup`` could not."""
+        """Size the message store from the training dataloader if ``setup`` could not, and check
+        that a store restored from a checkpoint covers the training data."""
         if not self._uses_store():
             return
-        loader = self.trainer.train_dataloader
-        check_train_sampler(self.trainer, loader)
-        if self.head.store.num_examples > 0:
-            return
-        dataset = getattr(loader, "dataset", None)
-        try:
-            n = len(dataset) if dataset is not None else None
-        except TypeError:
-            n = None
-        if n is None:
-            raise ValueError(
-                "cannot size the message store: the training data has no length; pass "
-                "num_train_examples to the head (or give the datamodule a num_train_examples "
-                "attribute)"
+        check_train_sampler(self.trainer, self.trainer.train_dataloader)
+        store = self.head.store
+        n = self._num_train_examples()
+        if store.num_examples == 0:
+            if n is None:
+                raise ValueError(
+                    "cannot size the message store: the training data has no length; pass "
+                    "num_train_examples to the head (or give the datamodule a "
+                    "num_train_examples attribute)"
+                )
+            self._size_store(n)
+        elif n is not None and store.num_examples < n:
+            ckpt = self.trainer.ckpt_path
+            source = (
+                f"the checkpoint '{ckpt}' holds messages for {store.num_examples} training examples"
+                if ckpt
+                else f"the message store has {store.num_examples} slots (num_train_examples)"
             )
-        self._size_store(n)
+            raise ValueError(
+                f"{source}, but the training data has {n}: "
+                + (
+                    "it was trained on another data set (or another split size). Resume with the "
+                    "data it was trained on, or start a new run without --ckpt_path"
+                    if ckpt
+                    else "size the store for the whole training set"
+                )
+            )
 
     def _stores(self) -> list[tuple[str, MessageStore]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, MessageStore)]
@@ -348,6 +397,7 @@ class DeepStructuredModel(pl.LightningModule):
         process would (after ``fit``, rank 0's store is whole already: see :meth:`on_fit_end`).
         ``checkpoint["message_stores"]`` records the number of processes of the run.
         """
+        checkpoint["nonfinite_guard"] = self.guard.state_dict()
         state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
             return
@@ -385,8 +435,12 @@ class DeepStructuredModel(pl.LightningModule):
                     store.unshard(full)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A restored model keeps its own weights: the unary checkpoint is not loaded again."""
+        """A restored model keeps its own weights: the unary checkpoint is not loaded again; the
+        guard's counters continue."""
         self._unary_loaded = True
+        guard = checkpoint.get("nonfinite_guard")
+        if isinstance(guard, Mapping):
+            self.guard.load_state_dict(dict(guard))
 
     # ------------------------------------------------------------------ forward
     def _input(self, batch: Mapping[str, Any]) -> Tensor:
@@ -417,20 +471,38 @@ class DeepStructuredModel(pl.LightningModule):
         return 0.5 * self.l2_weight * sq
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """Forward, message passing on the batch's stored messages, write back, loss."""
-        self.head.labels_from(batch)  # shape errors name the graph before the forward
+    def _world_size(self) -> int:
+        return int(self.trainer.world_size) if self._trainer is not None else 1
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+        """Forward, message passing on the batch's stored messages, loss.
+
+        The batch's new messages are written to the store in :meth:`on_before_optimizer_step`,
+        once the non-finite guard has seen the gradients. An empty batch (every example dropped
+        by the data, e.g. undecodable images) is skipped: no optimizer step in a single process;
+        under data parallelism the rank contributes zero gradients to the others' step.
+        """
+        labels = self.head.labels_from(batch)  # shape errors name the graph before the forward
+        b = int(labels.shape[0])
+        if b == 0:
+            return self._empty_step()
         theta = self(batch)
-        b = theta.shape[0]
         if self.training_strategy == "unary_only":
             out: StructuredLoss = self.head.independent_loss(theta, self.head.labels_from(batch, b))
         else:
             track = self.log_dual_change and self._logs_this_step()
-            out = self.head.training_loss(theta, batch, track_dual_change=track)
+            out = self.head.training_loss(
+                theta, batch, track_dual_change=track, write_back=not self.guard.enabled
+            )
+        index = batch.get(self.head.index_key) if isinstance(batch, Mapping) else None
+        self.guard.note_batch(theta, out.loss, index=index, write=out.pending)
         loss = out.loss.mean()
-        sync = self._trainer is not None and self.trainer.world_size > 1
+        sync = self._world_size() > 1
         log = {"on_step": True, "batch_size": b, "sync_dist": sync}
-        self.log("train/loss", loss, on_epoch=True, prog_bar=True, **log)
+        # the logged loss leaves out examples with non-finite losses (their step is skipped)
+        finite = torch.isfinite(out.loss.detach())
+        shown = torch.where(finite, out.loss.detach(), 0.0).sum() / finite.sum().clamp_min(1)
+        self.log("train/loss", shown, on_epoch=True, prog_bar=True, **log)
         self.log("train/dual", out.dual.mean(), on_epoch=True, **log)
         if out.dual_change is not None:
             self.log("train/dual_change", out.dual_change.mean(), **log)
@@ -439,6 +511,35 @@ class DeepStructuredModel(pl.LightningModule):
         reg = self._regulariser()
         return loss if reg is None else loss + reg
 
+    def _empty_step(self) -> Tensor | None:
+        if self._world_size() == 1:
+            return None  # Lightning skips the backward and the optimizer step
+        # every rank must take part in the gradient all-reduce: zero gradients from this one
+        return sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """The non-finite guard decides on the step: write the batch's messages, or skip."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        self.guard.before_step(params, optimizer, int(self.global_step))
+        if self.guard.enabled:
+            self.log("train/skipped_steps", self.guard.skipped, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Read the deferred guard's flags on the steps Lightning logs (warn, or stop)."""
+        if self.guard.enabled and self._logs_this_step_done():
+            self.guard.report()
+
+    def on_train_epoch_end(self) -> None:
+        """Read the deferred guard's remaining flags."""
+        self.guard.report()
+
+    def _logs_this_step_done(self) -> bool:
+        """After the optimizer step: whether the step just finished was a logging step."""
+        if self._trainer is None:
+            return True
+        every = max(1, int(self.trainer.log_every_n_steps))
+        return self.global_step % every == 0
+
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes step-level logs at this step (every ``log_every_n_steps``)."""
         if self._trainer is None:
@@ -446,9 +547,13 @@ class DeepStructuredModel(pl.LightningModule):
         every = max(1, int(self.trainer.log_every_n_steps))
         return (self.global_step + 1) % every == 0
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer step, then the infinity-norm projection (if ``linf_bound``)."""
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """The optimizer step (undone on the device if the deferred guard found it bad), then
+        the infinity-norm projection (if ``linf_bound``)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.guard.after_step()
         if self.linf_bound is None:
             return
         params = (
@@ -460,10 +565,11 @@ class DeepStructuredModel(pl.LightningModule):
                     p.clamp_(-self.linf_bound, self.linf_bound)
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
-        self.head.labels_from(batch)  # shape errors name the graph before the forward
+        labels = self.head.labels_from(batch)  # shape errors name the graph before the forward
+        b = int(labels.shape[0])
+        if b == 0:
+            return  # every example of the batch was dropped by the data
         theta = self(batch)
-        b = theta.shape[0]
-        labels = self.head.labels_from(batch, b)
         if self.training_strategy == "unary_only":
             loss = self.head.independent_loss(theta, labels).loss
             pred, _ = self.head.predict_independent(theta)
@@ -474,9 +580,30 @@ class DeepStructuredModel(pl.LightningModule):
                 msgs = self.head.infer(self.head.augment(theta.detach(), labels), self.val_sweeps)
             loss = self.head.structured_loss(theta, labels, msgs)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(pred, labels)
+        finite = torch.isfinite(theta.detach()).all(dim=1)
+        metrics.update(pred, labels, finite=finite)
+        bad = (~finite).sum()
+        self._eval_nonfinite[stage] = self._eval_nonfinite.get(stage, 0) + bad
         self.log(f"{stage}/loss", loss.mean(), on_epoch=True, batch_size=b, sync_dist=True)
+        self.log(f"{stage}/nonfinite_examples", bad.float(), on_epoch=True, reduce_fx="sum")
         self.log_dict(metrics, on_epoch=True, batch_size=b)
+
+    def _report_nonfinite(self, stage: str) -> None:
+        bad = int(self._eval_nonfinite.pop(stage, 0))
+        if bad:
+            rank_zero_warn(
+                f"{stage}: {bad} examples had non-finite potentials (NaN or infinity), so the "
+                f"{stage} metrics of this epoch are NaN and {stage}/loss is not finite. The "
+                "weights or those examples' inputs are broken; see docs/reliability.md"
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        """Warn loudly when validation met non-finite potentials."""
+        self._report_nonfinite("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Warn loudly when testing met non-finite potentials."""
+        self._report_nonfinite("test")
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Inference from zero messages (``val_sweeps`` sweeps), decoding, metrics, ``val/loss``."""
@@ -492,6 +619,12 @@ class DeepStructuredModel(pl.LightningModule):
         Returns:
             ``{"labels": (B, N) long, "marginals": (B, N, Kmax)}``.
         """
+        if isinstance(batch, Mapping) and self.input_key in batch:
+            b = int(self._input(batch).shape[0])
+            if b == 0:  # every example dropped by the data
+                n, k = self.head.graph.num_vars, self.head.max_states
+                empty = self._input(batch).new_zeros(0, n, k)
+                return {"labels": empty.long()[..., 0], "marginals": empty}
         theta = self(batch)
         if self.training_strategy == "unary_only":
             labels, marg = self.head.predict_independent(theta)

@@ -73,3 +73,12 @@ def test_blending_refuses_a_missing_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         blending.main(["--quick", "--device", "cuda"])
+
+
+def test_guard_cost_quick(capsys):
+    import guard_cost
+
+    out = guard_cost.main(["--quick"])
+    assert set(out) == {"unguarded", "immediate", "deferred"}
+    assert all(t > 0 for t in out.values())
+    assert "x unguarded" in capsys.readouterr().out
