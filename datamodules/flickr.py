@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from datamodules.errors import DatasetNotFoundError
+from structlight.sampling import EpochShuffleSampler
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -518,6 +519,10 @@ class MirFlickrDataModule(LightningDataModule):
         pin_memory: page-locked batches for faster host-to-GPU copies; ``None``: if CUDA is
             available.
         prefetch_factor: batches each worker prepares ahead.
+        shuffle_seed: base seed of the training order, a permutation per epoch seeded by
+            ``shuffle_seed + epoch`` (:class:`structlight.sampling.EpochShuffleSampler`, so a
+            resumed run sees the same batches); None: ``PL_GLOBAL_SEED`` (set by
+            ``seed_everything``) when the training loader is made, else 0.
 
     Raises:
         ValueError: bad arguments (sizes, id ranges that are empty or overlap the training
@@ -548,6 +553,7 @@ class MirFlickrDataModule(LightningDataModule):
         check_images: bool = True,
         pin_memory: bool | None = None,
         prefetch_factor: int = 2,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -568,6 +574,10 @@ class MirFlickrDataModule(LightningDataModule):
             raise ValueError(
                 f"eval_batch_size must be None or an int >= 1, got {eval_batch_size!r}"
             )
+        if shuffle_seed is not None and (
+            isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)
+        ):
+            raise ValueError(f"shuffle_seed must be None or an int, got {shuffle_seed!r}")
         if image_size > resize:
             raise ValueError(f"image_size ({image_size}) must not exceed resize ({resize})")
         if num_images is not None and (
@@ -603,6 +613,7 @@ class MirFlickrDataModule(LightningDataModule):
         self.check_images = check_images
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
+        self.shuffle_seed = shuffle_seed
         #: Images skipped during iteration because they failed to decode.
         self.skipped_images = 0
         #: Their paths, in the order met.
@@ -780,7 +791,7 @@ class MirFlickrDataModule(LightningDataModule):
         return DataLoader(
             data,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(data, self.shuffle_seed) if shuffle else None,
             num_workers=workers,
             collate_fn=SkippingCollate(self.image_size),
             pin_memory=self.pin_memory,

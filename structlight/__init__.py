@@ -87,3 +87,13 @@ _LAZY.update(
     }
 )
 __all__ += ["main", "StructuredVisualizer", "model_figures", "ShardedSampler"]
+
+# Exact resumes and run directories (lazy: they import Lightning).
+_LAZY.update(
+    {
+        "ResumableCheckpoint": "structlight.checkpointing",
+        "ResumeState": "structlight.checkpointing",
+        "EpochShuffleSampler": "structlight.sampling",
+    }
+)
+__all__ += ["ResumableCheckpoint", "ResumeState", "EpochShuffleSampler"]

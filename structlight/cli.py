@@ -17,10 +17,17 @@ Defaults added to every run (the recipes rely on them):
 * logger: :class:`~lightning.pytorch.loggers.TensorBoardLogger` under ``runs/``;
 * callbacks: a rich progress bar (a tqdm one when the output is not a terminal), a
   :class:`~lightning.pytorch.callbacks.LearningRateMonitor` (``lr-SGD`` etc.: the step size),
-  :class:`structlight.visualize.StructuredVisualizer` (learned weights as TensorBoard images), and
-  a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` configurable as ``--checkpoint.*``
-  that always writes ``<log_dir>/checkpoints/last.ckpt`` (overwritten by a rerun, so that
-  ``unary_checkpoint`` paths in recipes stay valid).
+  :class:`structlight.visualize.StructuredVisualizer` (learned weights as TensorBoard images),
+  :class:`structlight.checkpointing.ResumeState` (random generators and epoch position in every
+  checkpoint, for exact resumes), and a :class:`structlight.checkpointing.ResumableCheckpoint`
+  configurable as ``--checkpoint.*`` that writes ``<log_dir>/checkpoints/last.ckpt`` at every
+  epoch boundary (``--checkpoint.last_every_n_train_steps N``: also every N steps), atomically.
+
+A ``fit`` run claims its run directory before writing anything and refuses one that holds
+another run (``docs/reliability.md``): resume that run with ``--ckpt_path
+<dir>/checkpoints/last.ckpt``, replace it with ``--overwrite true``, or pick another
+``--trainer.logger.init_args.version``. A ``--ckpt_path`` that is not a complete checkpoint is
+an error naming the file.
 """
 
 from __future__ import annotations
@@ -33,14 +40,27 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
-    ModelCheckpoint,
     RichProgressBar,
     TQDMProgressBar,
 )
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from structlight.checkpointing import (
+    CheckpointFileError,
+    CheckpointNotFoundError,
+    ResumableCheckpoint,
+    ResumeState,
+    RunDirectoryError,
+    check_checkpoint,
+    claim_run_dir,
+)
 from structlight.task import DeepStructuredModel
 from structlight.visualize import StructuredVisualizer
 
@@ -51,6 +71,8 @@ DEFAULT_RUNS_DIR = "runs"
 #: Environment variable that picks the progress bar: ``rich``, ``tqdm`` or ``auto`` (default:
 #: rich on a terminal, tqdm otherwise). ``--trainer.enable_progress_bar false`` turns it off.
 PROGRESS_ENV = "STRUCTLIGHT_PROGRESS"
+#: ``ckpt_path`` values that name a checkpoint the trainer finds itself, not a file.
+_SPECIAL_CKPT = ("last", "best", "hpc", "registry")
 
 
 class SafeLearningRateMonitor(LearningRateMonitor):
@@ -91,33 +113,64 @@ def default_callbacks() -> list[Callback]:
     """Callbacks added to every run besides the configurable ``--checkpoint``.
 
     Returns:
-        The progress bar (per :data:`PROGRESS_ENV`), :class:`SafeLearningRateMonitor` and
-        :class:`StructuredVisualizer`.
+        The progress bar (per :data:`PROGRESS_ENV`), :class:`SafeLearningRateMonitor`,
+        :class:`StructuredVisualizer` and :class:`~structlight.checkpointing.ResumeState`.
     """
     return [
         _progress_bar(),
         SafeLearningRateMonitor(logging_interval="epoch"),
         StructuredVisualizer(),
+        ResumeState(),
     ]
 
 
 class StructlightCLI(LightningCLI):
     """LightningCLI with structlight's defaults (logger, callbacks, checkpoint group).
 
-    Adds the ``--checkpoint.*`` group (a :class:`ModelCheckpoint` that always saves
-    ``last.ckpt``, overwriting it on a rerun) and sets the progress bar when the trainer is
-    built (``trainer.enable_progress_bar: false`` turns it off).
+    Adds the ``--checkpoint.*`` group (a :class:`ResumableCheckpoint`, whose ``last.ckpt`` is
+    the latest epoch-boundary state) and ``--overwrite`` (replace a previous run in the run
+    directory), checks ``--ckpt_path`` before any subcommand, claims the run directory before
+    ``fit``, and sets the progress bar when the trainer is built
+    (``trainer.enable_progress_bar: false`` turns it off).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add the ``checkpoint`` group with structlight's defaults."""
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        """Add the ``checkpoint`` group with structlight's defaults, and ``--overwrite``."""
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
                 "checkpoint.enable_version_counter": False,
             }
         )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: replace the run already in the run directory (its checkpoints, config "
+            "and logs are deleted) instead of refusing to start",
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before LightningCLI reads the model's arguments from it."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path is not None and str(path) not in _SPECIAL_CKPT:
+            check_checkpoint(path)
+        super()._parse_ckpt_path()
+
+    def _ckpt_path(self) -> str | None:
+        value = self._get(self.config_init, "ckpt_path", default=None)
+        return None if value is None else str(value)
+
+    def before_fit(self) -> None:
+        """Claim the run directory (or refuse, naming it) before anything is written."""
+        overwrite = bool(self._get(self.config_init, "overwrite", default=False))
+        claim_run_dir(self.trainer, self._ckpt_path(), overwrite=overwrite)
+        # the saved config.yaml describes the run; replacing an older one was a one-off choice
+        config = self.config.get(str(self.subcommand), self.config)
+        if "overwrite" in config:
+            config["overwrite"] = False
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer; the progress bar is dropped when the config disables it."""
@@ -128,7 +181,13 @@ class StructlightCLI(LightningCLI):
                 for c in self.trainer_defaults.get("callbacks", [])
                 if not isinstance(c, (RichProgressBar, TQDMProgressBar))
             ]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand not in (None, "fit"):
+            # validate/test/predict evaluate a run: its config.yaml keeps describing the fit
+            trainer.callbacks = [
+                c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)
+            ]
+        return trainer
 
 
 def build_cli(args: ArgsType = None, run: bool = True, **kwargs: Any) -> StructlightCLI:
@@ -169,8 +228,13 @@ def build_cli(args: ArgsType = None, run: bool = True, **kwargs: Any) -> Structl
 @rank_zero_only
 def _print_run_dir(cli: StructlightCLI) -> None:
     trainer = getattr(cli, "trainer", None)
-    if trainer is not None and trainer.log_dir is not None and cli.subcommand == "fit":
-        print(f"run directory: {trainer.log_dir}")
+    if trainer is None or cli.subcommand != "fit":
+        return
+    # not trainer.log_dir: under DDP it is a collective, and the other ranks have returned
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.loggers else None
+    log_dir = log_dir if trainer.loggers else trainer.default_root_dir
+    if log_dir is not None:
+        print(f"run directory: {log_dir}")
 
 
 def main(args: ArgsType = None) -> None:
@@ -182,9 +246,15 @@ def main(args: ArgsType = None) -> None:
 
     Raises:
         SystemExit: on a configuration error (unknown key, bad class path, wrong type), with
-            LightningCLI's message on stderr; also after ``--help`` and ``--print_config``.
+            LightningCLI's message on stderr; also after ``--help`` and ``--print_config``; and
+            with the message alone (exit status 1) when ``--ckpt_path`` is not a readable
+            checkpoint or the run directory holds another run.
     """
-    cli = build_cli(args)
+    try:
+        cli = build_cli(args)
+    except (CheckpointFileError, CheckpointNotFoundError, RunDirectoryError) as err:
+        print(f"structlight: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     _print_run_dir(cli)
 
 

@@ -72,8 +72,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from structlight.sampling import EpochShuffleSampler, FastForwardMixin
 from structlight.store import MessageStore, shard_size
-from structlight.testing import EpochShuffleSampler
 
 __all__ = [
     "ShardedSampler",
@@ -91,13 +91,15 @@ _PERMUTATION_SAMPLERS = (RandomSampler, SequentialSampler, DistributedSampler, E
 GATHER_CHUNK_BYTES = 16 * 2**20
 
 
-class ShardedSampler(DistributedSampler):
+class ShardedSampler(FastForwardMixin, DistributedSampler):
     """This rank's examples (``i % num_replicas == rank``), reshuffled every epoch.
 
     The order is that of this rank's examples in ``torch.randperm(n)`` drawn from a generator
     seeded by ``seed + epoch``; Lightning calls :meth:`set_epoch` at every epoch. Each rank
     yields ``n // num_replicas`` examples per epoch; a shard with one example more skips the
     example in its local slot ``epoch % shard_size`` that epoch (rotation). See the module docs.
+    :meth:`fast_forward` leaves out the first examples of one epoch (a resume in the middle of
+    it, see :class:`structlight.checkpointing.ResumeState`).
 
     Args:
         dataset: the training dataset (only its length is used) or the number of examples.
@@ -167,7 +169,7 @@ class ShardedSampler(DistributedSampler):
         skip = self.skipped()
         if skip:
             order = order[order != skip[0]]
-        return iter(order.tolist())
+        return iter(self._apply_fast_forward(order.tolist()))
 
     def __len__(self) -> int:
         return self.num_samples

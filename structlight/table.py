@@ -23,6 +23,14 @@ Examples::
     structlight-table recipes/word50/table1 recipes/word50/fig6 --resume
 
 Any other LightningCLI override applies to every run: ``--set trainer.accelerator=gpu``.
+
+An output folder that already holds a ``table.csv`` is refused unless ``--resume`` (keep its
+finished runs) or ``--overwrite`` (start over: every run replaces what its run directory holds)
+is given. With ``--resume``, a recipe that is not in ``table.csv`` but whose run directory holds
+a run (one that was interrupted) is resumed from that run's ``checkpoints/last.ckpt``, or started
+over when there is no readable one. Like ``structlight fit``, a run never writes into a run
+directory that holds another run: a recipe whose directory is taken (e.g. by an earlier
+``structlight fit``) stops the grid with a message, unless ``--overwrite`` or ``--resume``.
 """
 
 from __future__ import annotations
@@ -189,6 +197,22 @@ def _metric(metrics: dict[str, Any], key: str) -> float:
     return round(float(v), 4) if v is not None else math.nan
 
 
+def _start_point(trainer: Any, resume: bool, overwrite: bool) -> tuple[str | None, bool]:
+    """``(ckpt_path, overwrite)`` for a run: resume an interrupted run in place when asked."""
+    from structlight.checkpointing import CheckpointFileError, check_checkpoint, run_artifacts
+
+    if overwrite or not resume or not trainer.loggers or trainer.fast_dev_run:
+        return None, overwrite
+    run_dir = Path(trainer.log_dir)
+    if not run_artifacts(run_dir):
+        return None, False
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        return str(check_checkpoint(last)), False
+    except (CheckpointFileError, FileNotFoundError):
+        return None, True  # nothing to resume from: start that run over
+
+
 def _run_one(
     recipe: Path,
     config: dict[str, Any],
@@ -196,7 +220,10 @@ def _run_one(
     unary_ckpt: str | None,
     out: Path | None,
     table_dir: Path,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> tuple[RunResult, str]:
+    from structlight.checkpointing import RunDirectoryError, atomic_save_checkpoint, claim_run_dir
     from structlight.cli import build_cli
 
     row, column, strategy = describe(config, recipe.stem)
@@ -209,15 +236,24 @@ def _run_one(
     args += overrides
     cli = build_cli(args, run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    ckpt_path, replace = _start_point(trainer, resume, overwrite)
+    try:
+        claim_run_dir(trainer, ckpt_path, overwrite=replace)
+    except RunDirectoryError as err:
+        raise RunDirectoryError(
+            f"{recipe}: {str(err).split(';')[0]}. Pass --resume to resume it (if it is this "
+            "recipe's interrupted run), --overwrite to replace it, or --out <another folder>"
+        ) from None
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     fit_s = time.perf_counter() - t0
     ckpt = ""
     if strategy == "unary_only":
         # a copy under the table's folder: the run's own last.ckpt may be shared with other runs
         # (fast_dev_run or no logger: <cwd>/checkpoints/last.ckpt)
         ckpt = str(table_dir / "checkpoints" / f"{recipe.stem}.ckpt")
-        trainer.save_checkpoint(ckpt)
+        Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_checkpoint(trainer, ckpt)
     t0 = time.perf_counter()
     results = trainer.test(model, datamodule=dm, verbose=True)
     test_s = time.perf_counter() - t0
@@ -246,6 +282,7 @@ def run_grid(
     out: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> list[RunResult]:
     """Train and test every recipe, unary-only runs first; save the table after each run.
 
@@ -255,30 +292,50 @@ def run_grid(
             ``["--trainer.max_epochs", "3"]``.
         out: folder of ``table.md`` / ``table.csv`` (and of the runs' logs, under ``runs/``, when
             given); None: the table goes to ``runs/table`` and the runs where their recipes say.
-        resume: skip recipes already in ``out/table.csv`` (their results are kept).
+        resume: skip recipes already in ``out/table.csv`` (their results are kept); resume a
+            recipe's interrupted run from its ``last.ckpt`` (see the module docs).
         quiet: print only the final table.
+        overwrite: start over: an existing table is replaced and every run replaces the run in
+            its run directory.
 
     Returns:
         The results, in run order.
+
+    Raises:
+        FileExistsError: the table folder holds a ``table.csv`` and neither ``resume`` nor
+            ``overwrite`` is set; or (:class:`structlight.checkpointing.RunDirectoryError`) a
+            run directory holds another run.
+        ValueError: ``resume`` and ``overwrite`` together, or no recipes.
     """
+    if resume and overwrite:
+        raise ValueError("--resume keeps finished runs and --overwrite replaces them: pick one")
     paths = expand_recipes([str(r) for r in recipes])
     if not paths:
         raise ValueError("no recipes given")
+    table_dir = Path(out) if out is not None else Path("runs") / "table"
+    if (table_dir / "table.csv").is_file() and not (resume or overwrite):
+        raise FileExistsError(
+            f"'{table_dir / 'table.csv'}' exists: this folder holds an earlier table. Pass "
+            "--resume to keep its finished runs and run the rest, --overwrite to run every "
+            "recipe again (replacing their runs), or --out <another folder>"
+        )
     configs = {p: yaml.safe_load(p.read_text()) or {} for p in paths}
     order = sorted(
         paths, key=lambda p: describe(configs[p], p.stem)[2] != "unary_only"
     )  # stable: unary-only runs first, then the given order
-    table_dir = Path(out) if out is not None else Path("runs") / "table"
     table_dir.mkdir(parents=True, exist_ok=True)
     done = _read_csv(table_dir / "table.csv") if resume else []
     done_recipes = {r.recipe for r in done}
     results: list[RunResult] = list(done)
     unary_ckpts: dict[str, str] = {}
     for r in done:
-        if r.strategy == "unary_only" and r.run_dir:
-            p = Path(r.run_dir) / "checkpoints" / "last.ckpt"
-            if p.is_file():
-                unary_ckpts[_backbone_key(configs.get(Path(r.recipe), {}))] = str(p)
+        if r.strategy == "unary_only":
+            copy = table_dir / "checkpoints" / f"{Path(r.recipe).stem}.ckpt"
+            last = Path(r.run_dir) / "checkpoints" / "last.ckpt" if r.run_dir else None
+            for p in (copy, last):
+                if p is not None and p.is_file():
+                    unary_ckpts[_backbone_key(configs.get(Path(r.recipe), {}))] = str(p)
+                    break
     todo = [p for p in order if str(p) not in done_recipes]
     for i, path in enumerate(todo, 1):
         cfg = configs[path]
@@ -287,7 +344,14 @@ def run_grid(
         if not quiet:
             print(f"\n=== [{i}/{len(todo)}] {path} ===", flush=True)
         res, ckpt = _run_one(
-            path, cfg, list(overrides), unary, Path(out) if out else None, table_dir
+            path,
+            cfg,
+            list(overrides),
+            unary,
+            Path(out) if out else None,
+            table_dir,
+            resume=resume,
+            overwrite=overwrite,
         )
         if strategy == "unary_only":
             unary_ckpts[_backbone_key(cfg)] = ckpt
@@ -418,7 +482,16 @@ def _parser() -> argparse.ArgumentParser:
         help="any LightningCLI override, e.g. trainer.accelerator=gpu (repeatable)",
     )
     p.add_argument("--out", default=None, help="folder for table.md/table.csv and the runs")
-    p.add_argument("--resume", action="store_true", help="skip recipes already in table.csv")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in table.csv; resume interrupted ones from their last.ckpt",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: replace an existing table and the runs in the recipes' run directories",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final table")
     return p
 
@@ -444,7 +517,9 @@ def main(args: Sequence[str] | None = None) -> None:
             raise SystemExit(f"structlight-table: --set expects KEY=VALUE, got {item!r}")
         overrides += [f"--{key.lstrip('-')}", value]
     t0 = time.perf_counter()
-    results = run_grid(ns.recipes, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet)
+    results = run_grid(
+        ns.recipes, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, overwrite=ns.overwrite
+    )
     folder = Path(ns.out) if ns.out else Path("runs") / "table"
     print("\n" + format_table(results) + "\n")
     print(

@@ -21,16 +21,17 @@ the Word50 data module produces (with ``D`` features per position instead of a 2
 :class:`SyntheticChainDataModule` wraps train/val/test splits; its training loader shuffles with
 :class:`EpochShuffleSampler`, a permutation seeded by ``seed + epoch`` (Lightning calls
 ``set_epoch``), so a run resumed from a checkpoint sees the same batches as an uninterrupted one.
+(:class:`EpochShuffleSampler` lives in :mod:`structlight.sampling`; it is re-exported here.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
+
+from structlight.sampling import EpochShuffleSampler
 
 __all__ = ["EpochShuffleSampler", "SyntheticChainDataModule", "SyntheticChainDataset"]
 
@@ -96,31 +97,6 @@ class SyntheticChainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {"image": self.images[i], "label": self.labels[i], "index": torch.tensor(i)}
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation per epoch, seeded by ``seed + epoch`` (reproducible across resumes).
-
-    Args:
-        num_examples: dataset length.
-        seed: base seed.
-    """
-
-    def __init__(self, num_examples: int, seed: int = 0) -> None:
-        self.num_examples = num_examples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_examples, generator=gen).tolist())
-
-    def __len__(self) -> int:
-        return self.num_examples
 
 
 class SyntheticChainDataModule(pl.LightningDataModule):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.cli import cli_args
 from tests.test_recipes import TWINS, tiny_word50
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -22,19 +23,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_word50(tmp_path_factory.getbasetemp())
 
 
-def _base(config: Path, root: Path, runs: Path) -> list[str]:
-    return [
-        "--config",
-        str(config),
-        "--data.init_args.root",
-        str(root),
-        "--trainer.logger.init_args.save_dir",
-        str(runs),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-
-
 def test_fit_then_validate_test_predict(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,7 +33,7 @@ def test_fit_then_validate_test_predict(
 
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
-    base = _base(QUICK, root, runs)
+    base = cli_args(QUICK, root, runs)
     short = [
         "--trainer.fast_dev_run",
         "false",

@@ -19,6 +19,7 @@ from datamodules.word50.constants import (
 from datamodules.word50.dataset import Word50Dataset
 from datamodules.word50.generate import Word50Difficulty, generate_word50, generator_config
 from datamodules.word50.io import Word50FileError, read_attrs, read_folder
+from structlight.sampling import EpochShuffleSampler
 
 __all__ = ["Word50DataModule"]
 
@@ -62,7 +63,12 @@ class Word50DataModule(LightningDataModule):
         filename: the HDF5 file name inside ``root``.
         in_memory: read each split into memory in ``setup`` (fastest); ``False`` reads from the
             HDF5 file on demand, one handle per worker process.
-        train_shuffle: shuffle the training split every epoch.
+        train_shuffle: shuffle the training split every epoch, with
+            :class:`structlight.sampling.EpochShuffleSampler` (a permutation seeded by
+            ``shuffle_seed + epoch``), so a run resumed from a checkpoint sees the same batches.
+        shuffle_seed: base seed of the shuffling; None: ``PL_GLOBAL_SEED`` (set by
+            ``seed_everything``) when the training loader is made, else 0. Not the generator's
+            ``seed``.
         drop_last: drop the last incomplete training batch.
         eval_batch_size: batch size of val/test/predict loaders (default ``batch_size``).
         pin_memory: pin batches in page-locked memory (useful with a GPU).
@@ -90,6 +96,7 @@ class Word50DataModule(LightningDataModule):
         filename: str = DEFAULT_FILENAME,
         in_memory: bool = True,
         train_shuffle: bool = True,
+        shuffle_seed: int | None = None,
         drop_last: bool = False,
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
@@ -105,6 +112,10 @@ class Word50DataModule(LightningDataModule):
             raise ValueError(
                 f"eval_batch_size must be None or an integer >= 1. Got {eval_batch_size!r}."
             )
+        if shuffle_seed is not None and (
+            isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)
+        ):
+            raise ValueError(f"shuffle_seed must be None or an integer. Got {shuffle_seed!r}.")
         if source not in ("hdf5", "folder"):
             raise ValueError(f"source must be 'hdf5' or 'folder'. Got {source!r}.")
         self.save_hyperparameters()
@@ -117,6 +128,7 @@ class Word50DataModule(LightningDataModule):
         self.folder = Path(folder) if folder is not None else self.root
         self.in_memory = in_memory
         self.train_shuffle = train_shuffle
+        self.shuffle_seed = shuffle_seed
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         self.progress = progress
@@ -210,10 +222,12 @@ class Word50DataModule(LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"The {split} split is not loaded; call setup() first.")
+        data = self.datasets[split]
+        shuffle = train and self.train_shuffle
         return DataLoader(
-            self.datasets[split],
+            data,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and self.train_shuffle,
+            sampler=EpochShuffleSampler(data, self.shuffle_seed) if shuffle else None,
             drop_last=train and self.drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

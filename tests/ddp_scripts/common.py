@@ -6,12 +6,15 @@ The scripts import this module by path (their directory is ``sys.path[0]``), the
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
@@ -38,13 +41,29 @@ def make_model(
     seed: int = 0,
     order: int = 2,
     store_location: str = "device",
+    dropout: float = 0.0,
+    plateau: str | None = None,
 ) -> DeepStructuredModel:
-    """A per-position Linear+ReLU backbone and a chain head; SGD with momentum 0.9."""
+    """A per-position Linear+ReLU backbone and a chain head; SGD with momentum 0.9.
+
+    ``dropout > 0`` adds a dropout layer (training draws from the global generator);
+    ``plateau="max"`` halves the step size when ``val/word_acc`` does not rise (the recipes'
+    schedule: an epoch-interval scheduler stepped on a validation metric); ``"min"`` when it
+    does not fall (so that, in a short test run, it surely steps).
+    """
     pl.seed_everything(seed, verbose=False)
-    backbone = nn.Sequential(nn.Linear(dm.num_features, HIDDEN), nn.ReLU())
+    layers: list[nn.Module] = [nn.Linear(dm.num_features, HIDDEN), nn.ReLU()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    backbone = nn.Sequential(*layers)
     head = ChainHead(N, K, HIDDEN, order=order, store_location=store_location)
     opt = partial(torch.optim.SGD, lr=lr, momentum=0.9)
-    return DeepStructuredModel(backbone, head, optimizer=opt, val_sweeps=5)
+    sched = (
+        partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode=plateau, factor=0.5, patience=0)
+        if plateau
+        else None
+    )
+    return DeepStructuredModel(backbone, head, optimizer=opt, lr_scheduler=sched, val_sweeps=5)
 
 
 def quiet_trainer(**kw: Any) -> pl.Trainer:
@@ -137,6 +156,8 @@ class Recorder(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self.visits:  # resumed in the middle of an epoch: no epoch start was seen
+            self.visits.append([])
         self.visits[-1].extend(int(i) for i in batch["index"])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -158,6 +179,39 @@ def parameters(model: DeepStructuredModel) -> dict[str, Tensor]:
     }
 
 
+def training_state(trainer: pl.Trainer, model: DeepStructuredModel) -> dict[str, Any]:
+    """Everything a resume must reproduce: weights, message store, optimizer and scheduler
+    state, steps and epochs (tensors on the CPU; compare with :func:`assert_same_state`)."""
+    state: dict[str, Any] = {
+        f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()
+    }
+    for i, opt in enumerate(trainer.optimizers):
+        for pid, buf in opt.state_dict()["state"].items():
+            for name, value in buf.items():
+                state[f"optimizer{i}.{pid}.{name}"] = torch.as_tensor(value).cpu().clone()
+        state[f"optimizer{i}.lr"] = torch.tensor([g["lr"] for g in opt.param_groups])
+    for i, cfg in enumerate(trainer.lr_scheduler_configs):
+        for name, value in cfg.scheduler.state_dict().items():
+            if isinstance(value, (int, float, bool)):
+                state[f"scheduler{i}.{name}"] = torch.tensor(float(value))
+    state["global_step"] = torch.tensor(trainer.global_step)
+    state["epoch"] = torch.tensor(trainer.current_epoch)
+    return state
+
+
+def state_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose tensors differ in any bit (or exist on one side only), with the largest gap."""
+    out = sorted(f"{k}: only on one side" for k in set(a) ^ set(b))
+    for k in sorted(set(a) & set(b)):
+        x, y = a[k], b[k]
+        if x.shape != y.shape:
+            out.append(f"{k}: shape {tuple(x.shape)} vs {tuple(y.shape)}")
+        elif not torch.equal(x, y):
+            gap = (x.double() - y.double()).abs().max().item()
+            out.append(f"{k}: max difference {gap:.3g}")
+    return out
+
+
 def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
     """``trainer.callback_metrics`` as floats."""
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -171,3 +225,23 @@ def k_sweeps_from_zero(model: DeepStructuredModel, dm: SyntheticChainDataModule,
     batch = {"image": ds.images, "label": ds.labels, "index": torch.arange(n)}
     with torch.no_grad():
         return model.head.infer(model(batch), num_sweeps=k)
+
+
+class Snapshot(pl.Callback):
+    """Copy ``last.ckpt`` when the batch of a given step starts (rank 0)."""
+
+    def __init__(self, ckpt_dir: Path, at_step: int, to: Path) -> None:
+        self.ckpt_dir, self.at_step, self.to = ckpt_dir, at_step, to
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.at_step and trainer.is_global_zero:
+            shutil.copy(self.ckpt_dir / "last.ckpt", self.to)
+
+
+def all_ranks(obj: Any) -> list[Any]:
+    """``obj`` of every rank (all-gathered under ``torch.distributed``), in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -20,27 +20,25 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Recorder, make_data, make_model, make_trainer, parameters, scalar_metrics
+from common import (
+    Recorder,
+    all_ranks,
+    make_data,
+    make_model,
+    make_trainer,
+    parameters,
+    scalar_metrics,
+)
 
 #: The ``train`` configuration (also used by the tests' single-process twin).
 TRAIN = dict(num_train=48, batch_size=6, num_val=24, lr=0.2, epochs=3)
-
-
-def _all(obj: Any) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def run(
@@ -71,11 +69,11 @@ def run(
     if ckpt_out is not None:  # after fit: rank 0's store is whole again
         trainer.save_checkpoint(str(Path(ckpt_out).with_suffix(".after_fit.ckpt")))
     store = model.head.store
-    visits = _all(rec.visits)
-    peaks = _all(rec.peak_bytes)
-    sharded = _all([store.is_sharded, store.num_local])
+    visits = all_ranks(rec.visits)
+    peaks = all_ranks(rec.peak_bytes)
+    sharded = all_ranks([store.is_sharded, store.num_local])
     sampler = trainer.train_dataloader.sampler
-    samplers = _all(type(sampler).__name__)
+    samplers = all_ranks(type(sampler).__name__)
     if trainer.global_rank == 0:
         torch.save(
             {
