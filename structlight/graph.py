@@ -18,17 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["RegionGraph"]
-
-
-@dataclass(frozen=True)
-class _Edge:
-    child: int
-    parent: int
 
 
 class RegionGraph:

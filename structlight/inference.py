@@ -338,7 +338,8 @@ class _Dense:
     uniform: bool  # one state count: no padding
     in_order: bool  # uniform, and the sweep order of the slots is the general order
     tab_rows: Tensor  # (P_all*K*K,) theta positions of the oriented pair tables, block by block
-    tab_local: Tensor  # (P_all*K*K,) the same as rows of the (E*K*K, B) pair tables (one K)
+    tab_local: Tensor | None  # (P_all*K*K,) the same as rows of the (E*K*K, B) pair tables;
+    # None with mixed state counts (only the uniform paths read it)
     msg_pair: Tensor  # (P_all,) pair of each message (slot order)
     exp_space: bool  # sweeps may run in exp space (one K >= EXP_MIN_STATES, all ĉ = 1)
     node_flat: Tensor  # (N*K,) theta positions of the singleton tables (padding: T)
@@ -350,7 +351,6 @@ class _Dense:
     slot_var: Tensor  # (S,) variable sending the message of each slot
     end0: Tensor  # (E,) slot of the message from the first variable of each pair
     end1: Tensor  # (E,) slot of the message from the second variable
-    num_vars: int
     kmax: int
     node_chat: Tensor  # (N,)
     node_inv: Tensor  # (N, 1)
@@ -915,9 +915,9 @@ class ConvexBP:
 
         tab_all = np.stack(tab_rows).reshape(-1)
         pair_flat = pair_tab.reshape(-1)
-        pair_sorted = np.sort(pair_flat)  # one K: pair_tab is then a permutation of a range
-        if uniform:
-            assert np.array_equal(pair_flat[np.argsort(pair_flat)], pair_sorted)
+        tab_local = None
+        if uniform:  # one K: pair_tab is then a permutation of a range
+            pair_sorted = np.sort(pair_flat)
             order_pf = np.argsort(pair_flat)
             tab_local = order_pf[np.searchsorted(pair_sorted, tab_all)]
             assert np.array_equal(pair_flat[tab_local], tab_all)
@@ -928,7 +928,7 @@ class ConvexBP:
         return dict(
             blocks=blocks,
             uniform=uniform,
-            tab_local=tab_local if uniform else tab_all * 0,
+            tab_local=tab_local,
             msg_pair=np.array(msg_pair, dtype=np.int64),
             exp_space=uniform and kmax >= EXP_MIN_STATES and bool((self._chat[pairs] == 1).all()),
             in_order=uniform and order == list(range(num_slots)),
@@ -942,7 +942,6 @@ class ConvexBP:
             slot_var=slot_var,
             end0=end0,
             end1=end1,
-            num_vars=g.num_vars,
             kmax=kmax,
             node_chat=node_chat,
             node_inv=inv(node_chat),

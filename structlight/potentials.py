@@ -355,12 +355,16 @@ class PairwiseMLP(RegionPotential):
         pairs_t = torch.tensor([list(p) for p in pairs], dtype=torch.long)
         if pairs_t.dim() != 2 or pairs_t.shape[1] != 2 or pairs_t.shape[0] == 0:
             raise ValueError(f"pairs must be a non-empty list of (i, j) pairs, got {pairs!r}")
+        if int(pairs_t.min()) < 0:
+            raise ValueError(f"pairs must hold variable indices >= 0, got {pairs!r}")
         self.num_states = (int(num_states[0]), int(num_states[1]))
         self.mlp = MLP(in_features, list(hidden), self.num_states[0] * self.num_states[1])
         self.source = source
         self.input_key = input_key
         self.in_features = in_features
         self.register_buffer("pairs", pairs_t, persistent=False)
+        # the largest variable index, checked against each input's size without a device sync
+        self._max_var = int(pairs_t.max())
 
     def forward(self, features: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         """Pairwise tables for every covered edge.
@@ -388,9 +392,9 @@ class PairwiseMLP(RegionPotential):
             )
         x = x.flatten(2)
         n_vars = x.shape[1]
-        if int(self.pairs.max()) >= n_vars:
+        if self._max_var >= n_vars:
             raise ValueError(
-                f"PairwiseMLP covers variable {int(self.pairs.max())} but the {self.source} has "
+                f"PairwiseMLP covers variable {self._max_var} but the {self.source} has "
                 f"{n_vars} positions"
             )
         if 2 * x.shape[2] != self.in_features:

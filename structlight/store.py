@@ -24,6 +24,17 @@ B) for the 2nd-order chain, 2,812 (11,248 B) for Flickr's 38 fully connected bin
 10,000 training examples 7.9 MiB, 13.9 MiB and 107 MiB, divided by the number of ranks when
 sharded.
 
+**Index checks.** Every index is checked: in range, of this rank's shard, and (on writes) not
+repeated within the batch. Where the indices are (or become) a CPU tensor, e.g. with a store in
+host memory, the checks run at once, for free. Indices on a GPU, with the store on the GPU (the
+usual case under Lightning, which moves the whole batch, ``index`` included, before the step),
+are checked *later*, so that a step needs no device sync: until then they are clamped to valid
+slots (nothing is read or written out of bounds, and an invalid index changes no slot). They
+are read back and checked together by :meth:`MessageStore.check`, which raises the error an
+immediate check would have raised; it runs on every read of :attr:`MessageStore.messages` (so
+before every checkpoint), before the store changes shape or device, and at the latest after
+:attr:`MessageStore.check_interval` unchecked accesses.
+
 The messages are not a registered buffer (so ``DistributedDataParallel`` never broadcasts one
 rank's messages over the others'), but they are in the ``state_dict`` under ``messages``, as a
 buffer would be. A sharded store saves its own shard there, plus ``shard = [rank, world_size,
@@ -53,6 +64,16 @@ def _check_count(name: str, value: object, minimum: int = 0) -> int:
     return value
 
 
+def _repeats(index: Tensor) -> bool:
+    """Whether a ``(B,)`` CPU integer tensor holds a value twice."""
+    b = index.numel()
+    if b < 2:
+        return False
+    # (a Python set is the faster check for small batches, a sort for large ones)
+    distinct = len(set(index.tolist())) if b <= 256 else torch.unique(index).numel()
+    return distinct != b
+
+
 def shard_size(num_examples: int, world_size: int, rank: int) -> int:
     """Number of examples ``i < num_examples`` with ``i % world_size == rank``.
 
@@ -80,12 +101,17 @@ class MessageStore(nn.Module):
 
     Attributes:
         messages: ``(num_local, M)`` float32 tensor of the slots this process holds (all of them
-            unless sharded), zero-initialised. Reading it completes pending asynchronous writes.
+            unless sharded), zero-initialised. Reading it completes pending asynchronous writes
+            and runs the deferred index checks (:meth:`check`).
         rank: this process's shard (0 unless sharded).
         world_size: number of shards (1 unless sharded).
-        peak_bytes: the largest size in bytes the messages have taken in this process (reset
-            with :meth:`reset_peak`); temporary copies (checkpoints, batches) are not counted.
+        peak_bytes: the largest size in bytes the messages have taken in this process;
+            temporary copies (checkpoints, batches) are not counted.
+        check_interval: the most accesses (:meth:`gather`, :meth:`scatter`) whose index checks
+            may wait (indices on a GPU): the next one runs :meth:`check` first, one device sync.
     """
+
+    check_interval: int = 256
 
     def __init__(
         self, num_messages: int, num_examples: int = 0, location: StoreLocation = "device"
@@ -103,14 +129,23 @@ class MessageStore(nn.Module):
         self._pending: list[tuple[Tensor, Tensor, Any]] = []
         self._copy_stream: Any = None
         self.peak_bytes = 0
+        # (index on the storage's device, whether it must not repeat): accesses not yet checked
+        self._unchecked: list[tuple[Tensor, bool]] = []
+        # check CPU indices as if they were on a GPU (later), to exercise that path without one
+        self._defer_checks = False
         self._messages = torch.zeros(0, num_messages)
         self._set(self._alloc(num_examples, torch.device("cpu"), torch.float32, zero=True))
 
     # ------------------------------------------------------------------ storage
     @property
     def messages(self) -> Tensor:
-        """``(num_local, M)`` messages of the slots this process holds."""
+        """``(num_local, M)`` messages of the slots this process holds.
+
+        Reading them completes pending writes and raises on indices whose checks were deferred
+        (:meth:`check`).
+        """
         self.flush()
+        self.check()
         return self._messages
 
     @messages.setter
@@ -126,6 +161,7 @@ class MessageStore(nn.Module):
                 f"{value.shape[0]}; use resize() to change the number of slots"
             )
         self.flush()
+        self.check()
         self._set(value)
 
     def _pinned(self) -> bool:
@@ -141,10 +177,6 @@ class MessageStore(nn.Module):
     def _set(self, tensor: Tensor) -> None:
         self._messages = tensor
         self.peak_bytes = max(self.peak_bytes, tensor.numel() * tensor.element_size())
-
-    def reset_peak(self) -> None:
-        """Restart :attr:`peak_bytes` from the current size."""
-        self.peak_bytes = self._messages.numel() * self._messages.element_size()
 
     @property
     def num_examples(self) -> int:
@@ -165,6 +197,7 @@ class MessageStore(nn.Module):
         super()._apply(fn, recurse)
         if self.location == "device":  # a "pinned" store stays in host memory
             self.flush()
+            self.check()  # the unchecked indices are on the old device
             self._set(fn(self._messages))
         return self
 
@@ -199,6 +232,7 @@ class MessageStore(nn.Module):
                 "processes; it is re-sharded on loading"
             )
         self.flush()
+        self.check()
         old = self._messages
         rows = shard_size(self._num_examples, world_size, rank)
         new = self._alloc(rows, old.device, old.dtype, zero=False)
@@ -221,6 +255,7 @@ class MessageStore(nn.Module):
             got = tuple(full.shape) if isinstance(full, Tensor) else type(full).__name__
             raise ValueError(f"expected a (num_examples, {self.num_messages}) tensor, got {got}")
         self.flush()
+        self.check()
         old = self._messages
         adopt = full.device == old.device and full.dtype == old.dtype and full.is_contiguous()
         if adopt and self._pinned():
@@ -243,6 +278,7 @@ class MessageStore(nn.Module):
         if num_examples == self._num_examples:
             return
         self.flush()
+        self.check()
         old = self._messages
         rows = shard_size(num_examples, self.world_size, self.rank)
         new = self._alloc(rows, old.device, old.dtype, zero=True)
@@ -250,11 +286,6 @@ class MessageStore(nn.Module):
         new[:keep] = old[:keep]
         self._num_examples = num_examples
         self._set(new)
-
-    def reset(self) -> None:
-        """Set every message to zero."""
-        self.flush()
-        self._messages.zero_()
 
     def owned_indices(self) -> Tensor:
         """``(num_local,)`` the example indices of the local slots, in slot order."""
@@ -290,17 +321,75 @@ class MessageStore(nn.Module):
         index = batch[key]
         return torch.as_tensor(index)
 
-    def _local_index(self, index: Tensor) -> Tensor:
-        """Check example indices and map them to local slots (on the storage's device)."""
+    @staticmethod
+    def _as_index(index: Tensor) -> Tensor:
+        """``index`` as a ``(B,)`` integer tensor, where it is."""
         if not isinstance(index, Tensor):
             index = torch.as_tensor(index)
         if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
             raise TypeError(f"example indices must be integers, got dtype {index.dtype}")
         if index.dim() != 1:
             raise ValueError(f"example indices must have shape (B,), got {tuple(index.shape)}")
+        return index
+
+    def _check_host(self, index: Tensor, unique: bool) -> None:
+        """Check ``(B,)`` long CPU example indices (non-empty): no device sync is involved.
+
+        Raises:
+            IndexError: an index is out of range or belongs to another rank's shard.
+            ValueError: ``unique`` and an index repeats.
+        """
+        n = self._num_examples
+        lo, hi = torch.aminmax(index)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= n:
+            raise IndexError(
+                f"example index out of range: got indices in [{lo}, {hi}], but the message store "
+                f"has {n} slots (valid indices 0..{n - 1}); is the store sized for the training "
+                "set, and do the indices count from 0?"
+            )
+        w = self.world_size
+        if w > 1:
+            foreign = index.remainder(w) != self.rank
+            if bool(foreign.any()):
+                i = int(index[foreign][0])
+                raise IndexError(
+                    f"example {i} belongs to the message store's shard on rank {i % w}, but rank "
+                    f"{self.rank} got it: every example must stay on one rank (example i on rank "
+                    f"i % {w}) for the whole run. The training loader must sample with "
+                    "structlight.distributed.ShardedSampler; DeepStructuredModel installs it under "
+                    "DDP unless Trainer(use_distributed_sampler=False)"
+                )
+        if unique and _repeats(index):
+            raise ValueError(
+                "an example index repeats within the batch; each example may appear once per "
+                "batch (sample without replacement)"
+            )
+
+    def _local_index(self, index: Tensor, write: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Check example indices and map them to local slots on the storage's device.
+
+        CPU indices (also those a host-memory store brings to the CPU) are checked at once.
+        Indices on the storage's GPU are checked later (:meth:`check`) and clamped to valid
+        slots until then; this path reads no tensor value on the host.
+
+        Args:
+            index: ``(B,)`` integer example indices.
+            write: the indices are written to: they must not repeat, and ``ok`` is needed.
+
+        Returns:
+            ``(local, ok)``: ``(B,)`` long local slots on the storage's device, and ``ok``: for
+            a write with deferred checks, the ``(B,)`` bool mask of the valid indices (up to
+            repeats); else None.
+
+        Raises:
+            IndexError, ValueError: see :meth:`_check_host` (at once for checked indices), or
+                the store has no slots.
+        """
+        index = self._as_index(index)
         device = self._messages.device
         if index.numel() == 0:
-            return index.to(device=device, dtype=torch.long)
+            return index.to(device=device, dtype=torch.long), None
         n = self._num_examples
         if n == 0:
             raise IndexError(
@@ -308,28 +397,47 @@ class MessageStore(nn.Module):
                 "num_train_examples) (DeepStructuredModel does so from the training data, or pass "
                 "num_train_examples to the head)"
             )
-        index = index.to(device=device, dtype=torch.long)
-        lo, hi = int(index.min()), int(index.max())
-        if lo < 0 or hi >= n:
-            raise IndexError(
-                f"example index out of range: got indices in [{lo}, {hi}], but the message store "
-                f"has {n} slots (valid indices 0..{n - 1}); is the store sized for the training "
-                "set, and do the indices count from 0?"
-            )
-        if not self.is_sharded:
-            return index
         w = self.world_size
-        foreign = index.remainder(w) != self.rank
-        if bool(foreign.any()):
-            i = int(index[foreign][0])
-            raise IndexError(
-                f"example {i} belongs to the message store's shard on rank {i % w}, but rank "
-                f"{self.rank} got it: every example must stay on one rank (example i on rank "
-                f"i % {w}) for the whole run. The training loader must sample with "
-                "structlight.distributed.ShardedSampler; DeepStructuredModel installs it under "
-                "DDP unless Trainer(use_distributed_sampler=False)"
-            )
-        return index.div(w, rounding_mode="floor")
+        host_store = device.type == "cpu"
+        # a host store reads its slots on the host: there a GPU index's copy waits anyway
+        index = index.to(device=device, dtype=torch.long) if host_store else index.long()
+        if index.device.type == "cpu" and not self._defer_checks:
+            self._check_host(index, write)
+            local = index.div(w, rounding_mode="floor") if w > 1 else index
+            return (local if host_store else local.to(device, non_blocking=True)), None
+        if self.num_local == 0:  # no slot to fall back on: every index is invalid
+            self._check_host(index.cpu(), write)
+        if len(self._unchecked) >= self.check_interval:
+            self.check()
+        index = index.to(device)
+        self._unchecked.append((index.clone(), write))
+        local = index.div(w, rounding_mode="floor") if self.is_sharded else index
+        safe = local.clamp(0, self.num_local - 1)
+        if not write:
+            return safe, None
+        ok = safe == local
+        if self.is_sharded:
+            ok &= index.remainder(w) == self.rank
+        return safe, ok
+
+    def check(self) -> None:
+        """Check the example indices whose checks were deferred (indices on a GPU).
+
+        One device sync if there are any; a no-op otherwise. Runs on every read of
+        :attr:`messages`, before the store changes shape or device, and at the latest after
+        :attr:`check_interval` unchecked accesses.
+
+        Raises:
+            IndexError: an index was out of range or of another rank's shard.
+            ValueError: an index repeated within a written batch.
+        """
+        if not self._unchecked:
+            return
+        pending, self._unchecked = self._unchecked, []
+        flat = torch.cat([index for index, _ in pending]).cpu()
+        parts = flat.split([index.numel() for index, _ in pending])
+        for part, (_, unique) in zip(parts, pending):
+            self._check_host(part, unique)
 
     def gather(self, index: Tensor, device: torch.device | str | None = None) -> Tensor:
         """The stored messages of some examples.
@@ -340,14 +448,16 @@ class MessageStore(nn.Module):
                 store to a CUDA device the copy is asynchronous (``non_blocking``).
 
         Returns:
-            ``(B, M)``, a copy.
+            ``(B, M)``, a copy. For a GPU index whose check is deferred (see the module's
+            docstring), the rows of invalid indices are those of valid slots until
+            :meth:`check` raises.
 
         Raises:
-            IndexError: an index is out of range, belongs to another rank's shard, or the store
-                is empty.
+            IndexError: an index is out of range, belongs to another rank's shard (GPU indices:
+                later, from :meth:`check`), or the store is empty.
         """
         self.flush()
-        local = self._local_index(index)
+        local, _ = self._local_index(index)
         target = self._messages.device if device is None else torch.device(device)
         if self._pinned() and target.type == "cuda":
             staging = torch.empty(
@@ -361,27 +471,29 @@ class MessageStore(nn.Module):
         """Write back the messages of some examples.
 
         From CUDA into a ``"pinned"`` store the copy runs on a side stream and the write
-        completes before the next read of the store (:meth:`flush`).
+        completes before the next read of the store (:meth:`flush`). For a GPU index whose
+        check is deferred (see the module's docstring), the rows of invalid indices are not
+        written (a valid row whose slot an invalid index is clamped to may be lost, and a
+        repeated index leaves its slot with one of its rows) until :meth:`check` raises.
 
         Args:
             index: ``(B,)`` integer example indices, without repeats.
             msgs: ``(B, M)`` messages (detached before storing), on any device.
 
         Raises:
-            IndexError: an index is out of range or belongs to another rank's shard.
-            ValueError: shapes disagree or an index repeats within the batch.
+            IndexError: an index is out of range or belongs to another rank's shard (GPU
+                indices: later, from :meth:`check`).
+            ValueError: shapes disagree, or an index repeats within the batch (GPU indices:
+                later, from :meth:`check`).
         """
-        local = self._local_index(index)
-        if msgs.dim() != 2 or msgs.shape != (local.numel(), self.num_messages):
+        index = self._as_index(index)
+        b = index.numel()
+        if msgs.dim() != 2 or msgs.shape != (b, self.num_messages):
             raise ValueError(
-                f"messages must have shape ({local.numel()}, {self.num_messages}) for "
-                f"{local.numel()} indices, got {tuple(msgs.shape)}"
+                f"messages must have shape ({b}, {self.num_messages}) for {b} indices, got "
+                f"{tuple(msgs.shape)}"
             )
-        if local.numel() > 1 and torch.unique(local).numel() != local.numel():
-            raise ValueError(
-                "an example index repeats within the batch; each example may appear once per "
-                "batch (sample without replacement)"
-            )
+        local, ok = self._local_index(index, write=True)
         src = msgs.detach().to(self._messages.dtype)
         if self._pinned() and src.is_cuda:
             # (a sweep's output is a transposed view: made contiguous here, on the compute
@@ -389,7 +501,10 @@ class MessageStore(nn.Module):
             self._scatter_async(local, src.contiguous())
             return
         self.flush()
-        self._messages.index_copy_(0, local, src.to(self._messages.device))
+        src = src.to(self._messages.device)
+        if ok is not None:  # invalid rows rewrite their (clamped) slot's current messages
+            src = torch.where(ok[:, None], src, self._messages.index_select(0, local))
+        self._messages.index_copy_(0, local, src)
 
     def _scatter_async(self, local: Tensor, src: Tensor) -> None:
         current = torch.cuda.current_stream(src.device)
@@ -416,9 +531,15 @@ class MessageStore(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         self.flush()  # pending copies and the CUDA stream do not pickle (deepcopy, ddp_spawn)
+        self.check()
         state = self.__dict__.copy()
         state["_pending"], state["_copy_stream"] = [], None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_unchecked", [])  # stores pickled before deferred checks
+        self.__dict__.setdefault("_defer_checks", False)
 
     # ------------------------------------------------------------------ state dict
     def _save_to_state_dict(
@@ -484,6 +605,7 @@ class MessageStore(nn.Module):
             n = int(incoming.shape[0])
             local = incoming[self.rank :: self.world_size] if self.is_sharded else incoming
         self.flush()
+        self.check()
         old = self._messages
         new = self._alloc(int(local.shape[0]), old.device, old.dtype, zero=False)
         with torch.no_grad():

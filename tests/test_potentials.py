@@ -105,3 +105,20 @@ def test_pairwise_mlp_reads_the_two_inputs():
         m(None, {"image": torch.randn(2, 3, 5)})
     with pytest.raises(ValueError, match="positions"):
         m(None, {"image": torch.randn(2, 2, 6)})
+
+
+def test_pairwise_mlp_checks_sizes_without_reading_tensors(monkeypatch):
+    """The pairs are fixed: their largest variable is known at construction, and a forward
+    reads no tensor value on the host (a device sync on a GPU)."""
+    m = PairwiseMLP(2 * 4, [5], (2, 3), [(0, 3), (1, 2)], source="features")
+    with pytest.raises(ValueError, match="covers variable 3 but the features has 3 positions"):
+        m(torch.randn(2, 3, 4), {})
+    with pytest.raises(ValueError, match=">= 0"):
+        PairwiseMLP(2 * 4, [5], (2, 3), [(0, -1)])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    assert m(torch.randn(2, 4, 4), {}).shape == (2, 2, 2, 3)
