@@ -12,37 +12,40 @@ messages of its own examples:
 * **Sampling.** :class:`ShardedSampler` yields this rank's examples, in the order in which they
   appear in one permutation of all ``n`` examples seeded by ``seed + epoch`` (the permutation a
   single process would use, so one process with ``world_size = 1`` visits the examples exactly
-  as :class:`structlight.testing.EpochShuffleSampler` does). Every rank yields
+  as :class:`structlight.sampling.EpochShuffleSampler` does). Every rank yields
   ``n // world_size`` examples per epoch, so every rank runs the same number of steps (DDP
   needs that). When ``world_size`` does not divide ``n``, the ``n % world_size`` larger shards
   hold one example more than they visit: each skips one of its examples per epoch, in rotation
   (local slot ``epoch % shard_size``), so that example's messages simply wait one epoch. No
   example is repeated (a repeat would update its messages twice) and no padding is needed.
 * **Wiring.** Under ``Trainer(strategy="ddp")`` (any run with ``trainer.world_size > 1``),
-  :class:`structlight.DeepStructuredModel` shards its store in ``setup("fit")`` and calls
-  :func:`install_sharded_sampler`, which wraps the trainer's training data source so that the
-  training loader it returns (from the datamodule, the module or ``fit(train_dataloaders=...)``)
-  is re-created around a :class:`ShardedSampler`, keeping its dataset, batch size, collate
-  function, workers and the rest (Lightning's own ``_update_dataloader``, the function it uses to
-  inject its ``DistributedSampler``). Because :class:`ShardedSampler` is a
+  :class:`structlight.store_callback.MessageStoreSync` (a callback every
+  :class:`structlight.DeepStructuredModel` adds to its trainer) shards the model's store in
+  ``setup("fit")`` and calls :func:`install_sharded_sampler`, which wraps the trainer's
+  training data source so that the training loader it returns (from the datamodule, the module
+  or ``fit(train_dataloaders=...)``) is re-created around a :class:`ShardedSampler`, keeping
+  its dataset, batch size, collate function, workers and the rest (Lightning's own
+  ``_update_dataloader``, the function it uses to inject its ``DistributedSampler``; see
+  :mod:`structlight._lightning`). Because :class:`ShardedSampler` is a
   ``DistributedSampler``, Lightning then leaves the loader alone; validation and test loaders
   keep Lightning's ``DistributedSampler``. With ``Trainer(use_distributed_sampler=False)`` the
   user shards the data: the store then refuses any example of another rank's shard with an
   error naming :class:`ShardedSampler`.
 * **Checkpoints.** DDP checkpoints are written by rank 0 alone, from its own ``state_dict``.
-  :meth:`structlight.DeepStructuredModel.on_save_checkpoint` therefore gathers every shard to
-  rank 0 (:func:`gather_store`, in chunks, so a pinned-memory store never needs the whole tensor
-  on a GPU) and saves the full ``(n, M)`` tensor in example order under the usual
-  ``head.store.messages`` key: the checkpoint does not depend on the number of processes that
-  wrote it. On loading, each rank keeps its rows ``full[rank::world_size]``, so a run resumes on
-  the same, or on any other, number of processes (and a single-process checkpoint resumes under
-  DDP). Each rank briefly holds the whole tensor while the checkpoint is loaded (Lightning loads
-  the checkpoint file in every process); rank 0 holds it while saving.
+  :class:`~structlight.store_callback.MessageStoreSync` therefore gathers every shard to rank 0
+  when a checkpoint is saved (:func:`gather_store`, in chunks, so a pinned-memory store never
+  needs the whole tensor on a GPU) and saves the full ``(n, M)`` tensor in example order under
+  the usual ``head.store.messages`` key: the checkpoint does not depend on the number of
+  processes that wrote it. On loading, each rank keeps its rows ``full[rank::world_size]``, so
+  a run resumes on the same, or on any other, number of processes (and a single-process
+  checkpoint resumes under DDP). Each rank briefly holds the whole tensor while the checkpoint
+  is loaded (Lightning loads the checkpoint file in every process); rank 0 holds it while
+  saving.
 * **Exit.** A process that exits with a live ``gloo`` process group can abort in interpreter
   finalisation (``terminate called without an active exception``, exit status -6) when gloo's
   worker threads are torn down after Python is. Lightning never destroys the group, so
-  :class:`structlight.DeepStructuredModel` registers :func:`destroy_process_group_at_exit`
-  once a run has more than one process.
+  :class:`~structlight.store_callback.MessageStoreSync` registers
+  :func:`destroy_process_group_at_exit` once a run has more than one process.
 * **Buffers.** The messages are not a registered buffer, so ``DistributedDataParallel`` neither
   syncs them at wrapping time nor broadcasts rank 0's over the others at every forward
   (``broadcast_buffers=True``, its default).
@@ -58,10 +61,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
-from lightning.pytorch.utilities.data import _update_dataloader
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.utils.data import (
@@ -72,6 +72,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from structlight import _lightning
 from structlight.sampling import EpochShuffleSampler, FastForwardMixin
 from structlight.store import MessageStore, shard_size
 
@@ -209,13 +210,13 @@ def _shard_loader(loader: object, rank: int, world_size: int) -> object:
         seed = int(os.getenv("PL_GLOBAL_SEED", "0"))
     shuffle = bool(getattr(current, "shuffle", not isinstance(current, SequentialSampler)))
     sampler = ShardedSampler(loader.dataset, world_size, rank, shuffle=shuffle, seed=seed)
-    return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+    return _lightning.update_dataloader(loader, sampler)
 
 
-class _ShardedTrainSource(_DataLoaderSource):
+class _ShardedTrainSource(_lightning.DataLoaderSource):
     """Lightning's training data source, returning loaders re-created with a ShardedSampler."""
 
-    def __init__(self, inner: _DataLoaderSource, rank: int, world_size: int) -> None:
+    def __init__(self, inner: _lightning.DataLoaderSource, rank: int, world_size: int) -> None:
         super().__init__(inner.instance, inner.name)
         self.rank = rank
         self.world_size = world_size
@@ -230,15 +231,11 @@ class _ShardedTrainSource(_DataLoaderSource):
         return apply_to_collection(loaders, DataLoader, _shard_loader, self.rank, self.world_size)
 
 
-def _uses_distributed_sampler(trainer: pl.Trainer) -> bool:
-    connector = getattr(trainer, "_accelerator_connector", None)
-    return bool(getattr(connector, "use_distributed_sampler", True))
-
-
 def install_sharded_sampler(trainer: pl.Trainer) -> bool:
     """Make the trainer's training loaders sample with this rank's :class:`ShardedSampler`.
 
-    Called by :meth:`structlight.DeepStructuredModel.setup` when ``trainer.world_size > 1``.
+    Called by :meth:`structlight.store_callback.MessageStoreSync.setup` when
+    ``trainer.world_size > 1``.
     Wraps ``trainer.fit_loop``'s data source, so that every training loader it hands out (also
     after ``reload_dataloaders_every_n_epochs``) is re-created around a :class:`ShardedSampler`
     for ``trainer.global_rank`` of ``trainer.world_size``. Does nothing with one process, with
@@ -252,14 +249,13 @@ def install_sharded_sampler(trainer: pl.Trainer) -> bool:
         Whether the training loaders are (now) sharded by this module.
     """
     world, rank = int(trainer.world_size), int(trainer.global_rank)
-    if world <= 1 or not _uses_distributed_sampler(trainer):
+    if world <= 1 or not _lightning.uses_distributed_sampler(trainer):
         return False
-    loop = trainer.fit_loop
-    source = loop._data_source
+    source = _lightning.train_data_source(trainer)
     if isinstance(source, _ShardedTrainSource):
         source.rank, source.world_size = rank, world
         return True
-    loop._data_source = _ShardedTrainSource(source, rank, world)
+    _lightning.set_train_data_source(trainer, _ShardedTrainSource(source, rank, world))
     return True
 
 
@@ -302,7 +298,7 @@ def check_train_sampler(trainer: pl.Trainer, loader: object) -> None:
             :func:`install_sharded_sampler` did not take effect).
     """
     world, rank = int(trainer.world_size), int(trainer.global_rank)
-    if world <= 1 or not _uses_distributed_sampler(trainer):
+    if world <= 1 or not _lightning.uses_distributed_sampler(trainer):
         return
     loaders: list[DataLoader] = []
     apply_to_collection(loader, DataLoader, loaders.append)

@@ -12,7 +12,8 @@ training step (DESIGN §2, the paper's Fig. 3):
 Validation and test run ``val_sweeps`` sweeps (default 10, as the paper) from zero messages and
 decode each variable's belief; ``predict_step`` returns ``{"labels", "marginals"}``.
 
-The paper's four strategies (``strategy``):
+The paper's four strategies (``strategy``; each defined once in
+:data:`structlight.strategies.STRATEGIES`):
 
 * ``unary_only``: pairwise parameters fixed at 0 (zeroed, frozen) and the structure ignored:
   the loss is the sum of per-variable losses (cross-entropy for ``eps = 1``), prediction the
@@ -34,9 +35,11 @@ constraint ``||w||_inf <= linf_bound``, enforced by clamping after every optimiz
 trainable ones.
 
 Data parallelism (``Trainer(strategy="ddp")``, any number of GPUs and nodes) needs no wiring:
-``setup("fit")`` shards the message store across the ranks and makes the training loader sample
-each rank's own examples (:mod:`structlight.distributed`); checkpoints hold every shard, gathered
-to rank 0, and resume on any number of processes. The training logs are averaged over the ranks.
+the model adds :class:`structlight.store_callback.MessageStoreSync` to its trainer
+(:meth:`DeepStructuredModel.configure_callbacks`), which at ``setup("fit")`` shards the message
+store across the ranks and makes the training loader sample each rank's own examples
+(:mod:`structlight.distributed`); checkpoints hold every shard, gathered to rank 0, and resume on
+any number of processes. The training logs are averaged over the ranks.
 
 Logged: ``train/loss``, ``train/dual``, ``train/dual_change`` (mean change of the dual per sweep
 in the step, ``<= 0``), ``train/sweeps`` (double loop), ``val/loss``, ``val/char_acc`` and
@@ -56,22 +59,24 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from structlight.distributed import (
-    check_train_sampler,
-    destroy_process_group_at_exit,
-    gather_store,
-    install_sharded_sampler,
-)
+from structlight._lightning import attached_trainer
 from structlight.guard import GuardMode, NonFiniteGuard
 from structlight.head import StructuredHead, StructuredLoss
 from structlight.metrics import task_metrics
 from structlight.store import MessageStore
+from structlight.store_callback import MessageStoreSync, message_stores
+from structlight.strategies import (
+    STRATEGIES,
+    Strategy,
+    StrategySpec,
+    read_unary_weights,
+    strategy_spec,
+)
 
 __all__ = ["DeepStructuredModel", "Strategy"]
 
-Strategy = Literal["unary_only", "joint", "piecewise", "pretrain_joint"]
-_STRATEGIES = ("unary_only", "joint", "piecewise", "pretrain_joint")
-_NEEDS_UNARY = ("piecewise", "pretrain_joint")
+_STRATEGIES = tuple(STRATEGIES)
+_NEEDS_UNARY = tuple(n for n, s in STRATEGIES.items() if s.needs_unary_checkpoint)
 
 #: The paper's Word50 optimiser, used when no ``optimizer`` is configured.
 DEFAULT_LR = 0.01
@@ -149,17 +154,16 @@ class DeepStructuredModel(pl.LightningModule):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         if not isinstance(head, StructuredHead):
             raise TypeError(f"head must be a structlight.StructuredHead, got {type(head).__name__}")
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
-        if strategy in _NEEDS_UNARY and not unary_checkpoint:
+        spec = strategy_spec(strategy)
+        if spec.needs_unary_checkpoint and not unary_checkpoint:
             raise ValueError(
                 f"strategy={strategy!r} initialises the backbone and unary from a trained unary "
                 "model: pass unary_checkpoint (the checkpoint of a strategy='unary_only' run)"
             )
-        if strategy not in _NEEDS_UNARY and unary_checkpoint:
+        if not spec.needs_unary_checkpoint and unary_checkpoint:
+            loaders = " and ".join(repr(n) for n in _NEEDS_UNARY)
             rank_zero_warn(
-                f"unary_checkpoint is ignored by strategy={strategy!r} (only 'piecewise' and "
-                "'pretrain_joint' load it)"
+                f"unary_checkpoint is ignored by strategy={strategy!r} (only {loaders} load it)"
             )
         if isinstance(val_sweeps, bool) or not isinstance(val_sweeps, int) or val_sweeps < 0:
             raise ValueError(f"val_sweeps must be an int >= 0, got {val_sweeps!r}")
@@ -178,6 +182,8 @@ class DeepStructuredModel(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.training_strategy: str = strategy
+        #: What the strategy does (trainable parts, structure, unary checkpoint).
+        self.strategy_spec: StrategySpec = spec
         self.unary_checkpoint = unary_checkpoint
         self.val_sweeps = val_sweeps
         self.input_key = input_key
@@ -197,16 +203,16 @@ class DeepStructuredModel(pl.LightningModule):
         # examples with non-finite potentials seen by the current validation / test epoch
         self._eval_nonfinite: dict[str, Tensor] = {}
         self._unary_loaded = False
-        # True on every rank from setup("fit") to on_fit_end of a run over several processes:
-        # the message stores are sharded, and saving a checkpoint gathers them (a collective)
-        self._sharded_run = False
+        #: The callback that shards, checkpoints and gathers the message store (added to the
+        #: trainer by :meth:`configure_callbacks`).
+        self.store_sync = MessageStoreSync()
 
-        if strategy == "unary_only":
+        if not spec.pairwise_trainable:
             with torch.no_grad():
                 for p in head.pairwise_parameters():
                     p.zero_()
                     p.requires_grad_(False)
-        elif strategy == "piecewise":
+        if not spec.unary_trainable:
             for p in self._unary_side_parameters():
                 p.requires_grad_(False)
 
@@ -230,64 +236,28 @@ class DeepStructuredModel(pl.LightningModule):
             FileNotFoundError: no such file.
             ValueError: the checkpoint lacks some of the weights, or their shapes differ.
         """
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"unary_checkpoint '{p}' not found; train the unary model first "
-                "(strategy='unary_only') and pass its checkpoint"
-            )
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated file, text file, foreign pickle: all unreadable
-            raise ValueError(
-                f"unary_checkpoint '{p}' is not a readable checkpoint ({type(e).__name__}: "
-                f"{str(e).strip() or 'no details'}). Expected a complete Lightning .ckpt file of a "
-                "strategy='unary_only' run (e.g. <run dir>/checkpoints/last.ckpt); a file cut "
-                "short by a crash or a full disk cannot be loaded: point to an intact checkpoint "
-                "or train the unary model again"
-            ) from e
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
-        if not isinstance(state, Mapping):
-            raise ValueError(
-                f"unary_checkpoint '{p}' holds no state_dict: expected a Lightning checkpoint "
-                f"(a dict with 'state_dict') or a state_dict, got {type(ckpt).__name__}"
-            )
-        hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, Mapping) else {}
-        if isinstance(hp, Mapping) and hp.get("strategy") not in (None, "unary_only"):
-            rank_zero_warn(
-                f"unary_checkpoint '{p}' comes from a strategy={hp.get('strategy')!r} run, not "
-                "'unary_only'; loading its backbone and unary weights anyway"
-            )
         keys = self._unary_state_keys()
-        own = self.state_dict()
-        missing = [k for k in keys if k not in state]
-        if missing:
-            raise ValueError(
-                f"unary_checkpoint '{p}' lacks {len(missing)} backbone/unary weights this model "
-                f"needs, e.g. {missing[:5]}; was it trained with the same backbone and head?"
-            )
-        bad = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in keys
-            if tuple(state[k].shape) != tuple(own[k].shape)
-        ]
-        if bad:
-            raise ValueError(f"unary_checkpoint '{p}' has weights of other shapes: {bad[:5]}")
-        self.load_state_dict({k: state[k] for k in keys}, strict=False)
+        state = read_unary_weights(path, keys, self.state_dict())
+        self.load_state_dict(state, strict=False)
         self._unary_loaded = True
 
     def train(self, mode: bool = True) -> DeepStructuredModel:
         """Set training mode; under ``piecewise`` the frozen backbone and unary stay in eval mode."""
         super().train(mode)
-        if mode and self.training_strategy == "piecewise":
+        if mode and self.strategy_spec.unary_in_eval_mode:
             self.backbone.eval()
             for m in self.head.unary_modules():
                 m.eval()
         return self
 
     # ------------------------------------------------------------------ store sizing
+    @property
+    def uses_message_store(self) -> bool:
+        """Whether training reads and writes the head's message store (blending, structured)."""
+        return self.strategy_spec.uses_structure and self.head.blend
+
     def _uses_store(self) -> bool:
-        return self.training_strategy != "unary_only" and self.head.blend
+        return self.uses_message_store
 
     def _size_store(self, num_examples: int | None) -> None:
         if num_examples is None:
@@ -295,33 +265,30 @@ class DeepStructuredModel(pl.LightningModule):
         if self.head.store.num_examples < num_examples:
             self.head.store.resize(int(num_examples))
 
-    def _shard_store(self) -> None:
-        """Under data parallelism: shard the store, and make the training loader follow it."""
-        store, trainer = self.head.store, self.trainer
-        rank, world = int(trainer.global_rank), int(trainer.world_size)
-        if store.is_sharded and (store.rank, store.world_size) != (rank, world):
-            raise RuntimeError(
-                f"this model's message store holds only shard {store.rank} of "
-                f"{store.world_size} (it was trained on {store.world_size} processes), and this "
-                f"run has {world}: resume from a checkpoint of that run instead (checkpoints hold "
-                "every shard and are re-sharded on loading)"
-            )
-        self._sharded_run = world > 1
-        if world > 1:
-            store.shard(rank, world)
-            install_sharded_sampler(trainer)
-            destroy_process_group_at_exit()
-
     def setup(self, stage: str) -> None:
         """Size the message store from the datamodule (``num_train_examples`` or its length).
 
-        With more than one process (``trainer.world_size > 1``, e.g. ``strategy="ddp"``), also
-        shard the store (example ``i`` on rank ``i % world_size``) and install
-        :class:`structlight.distributed.ShardedSampler` in the training loader.
+        With more than one process (``trainer.world_size > 1``, e.g. ``strategy="ddp"``),
+        :class:`~structlight.store_callback.MessageStoreSync` has sharded the store (example
+        ``i`` on rank ``i % world_size``) and installed
+        :class:`structlight.distributed.ShardedSampler` in the training loader just before.
+
+        Raises:
+            RuntimeError: a run over several processes without a ``MessageStoreSync`` callback
+                (a subclass's ``configure_callbacks`` that leaves it out).
         """
-        if stage != "fit" or not self._uses_store() or self._trainer is None:
+        if stage != "fit" or not self._uses_store() or attached_trainer(self) is None:
             return
-        self._shard_store()
+        trainer = self.trainer
+        if int(trainer.world_size) > 1 and not any(
+            isinstance(c, MessageStoreSync) for c in trainer.callbacks
+        ):
+            raise RuntimeError(
+                "data parallel training with a message store needs the "
+                "structlight.store_callback.MessageStoreSync callback, which "
+                "DeepStructuredModel.configure_callbacks returns: call super() in an "
+                "overriding configure_callbacks"
+            )
         dm = self.trainer.datamodule
         if dm is None:
             return  # dataloaders passed to fit(): sized in on_train_start
@@ -335,7 +302,7 @@ class DeepStructuredModel(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         """Load the unary checkpoint (``piecewise``, ``pretrain_joint``) unless resuming."""
-        if self.training_strategy in _NEEDS_UNARY and not self._unary_loaded:
+        if self.strategy_spec.needs_unary_checkpoint and not self._unary_loaded:
             if not self.unary_checkpoint:
                 raise ValueError(f"strategy={self.training_strategy!r} needs unary_checkpoint")
             self.load_unary_checkpoint(self.unary_checkpoint)
@@ -357,7 +324,6 @@ class DeepStructuredModel(pl.LightningModule):
         that a store restored from a checkpoint covers the training data."""
         if not self._uses_store():
             return
-        check_train_sampler(self.trainer, self.trainer.train_dataloader)
         store = self.head.store
         n = self._num_train_examples()
         if store.num_examples == 0:
@@ -386,53 +352,32 @@ class DeepStructuredModel(pl.LightningModule):
             )
 
     def _stores(self) -> list[tuple[str, MessageStore]]:
-        return [(n, m) for n, m in self.named_modules() if isinstance(m, MessageStore)]
+        return message_stores(self)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The model's own callbacks, added to the trainer's: :class:`MessageStoreSync`.
+
+        Lightning calls this at the start of every ``fit``, ``validate``, ``test`` and
+        ``predict``; a ``MessageStoreSync`` passed to the trainer is replaced by this one.
+        """
+        return [*super().configure_callbacks(), self.store_sync]
+
+    def _store_sync_in_use(self) -> MessageStoreSync:
+        trainer = attached_trainer(self)
+        for callback in trainer.callbacks if trainer is not None else ():
+            if isinstance(callback, MessageStoreSync):
+                return callback
+        return self.store_sync
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put every rank's shard of the message store into the checkpoint.
+        """Save the guard's counters; make sure the checkpoint holds the whole message store.
 
-        Lightning writes DDP checkpoints from rank 0's ``state_dict`` alone; this hook (run on
-        every rank) gathers the shards to rank 0 and stores the full ``(num_examples, M)``
-        tensor, in example order, under the store's ``messages`` key, exactly as a single
-        process would (after ``fit``, rank 0's store is whole already: see :meth:`on_fit_end`).
-        ``checkpoint["message_stores"]`` records the number of processes of the run.
+        The stores are written by :class:`MessageStoreSync` (every rank's shard, gathered to
+        rank 0, and ``checkpoint["message_stores"]``); Lightning skips callbacks when saving
+        weights only, so they are written here then.
         """
         checkpoint["nonfinite_guard"] = self.guard.state_dict()
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
-            return
-        info = {}
-        for name, store in self._stores():
-            prefix = f"{name}." if name else ""
-            if self._sharded_run and store.is_sharded:  # the same on every rank
-                full = gather_store(store)  # a collective: every rank takes part
-                if full is not None:  # rank 0, which writes the checkpoint
-                    state.pop(prefix + "shard", None)
-                    state[prefix + "messages"] = full
-            info[name] = {
-                "num_examples": store.num_examples,
-                "num_messages": store.num_messages,
-                "world_size": int(self.trainer.world_size) if self._trainer else 1,
-                "sharding": "example i on rank i % world_size",
-            }
-        checkpoint["message_stores"] = info
-
-    def on_fit_end(self) -> None:
-        """Under data parallelism: gather the store's shards into rank 0's store.
-
-        After ``fit`` rank 0 (the main process of ``strategy="ddp"``, whose weights
-        ``ddp_spawn`` hands back to the calling process) holds every example's messages, as after
-        a single-process run; the other ranks keep their shards. Rank 0 needs host memory for
-        the whole store for this, as for every checkpoint.
-        """
-        if not self._sharded_run:
-            return
-        self._sharded_run = False  # from now on, checkpoints hold rank 0's (whole) store
-        for _, store in self._stores():
-            if store.is_sharded:
-                full = gather_store(store)
-                if full is not None:
-                    store.unshard(full)
+        self._store_sync_in_use().write_stores(attached_trainer(self), self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A restored model keeps its own weights: the unary checkpoint is not loaded again; the
@@ -472,7 +417,8 @@ class DeepStructuredModel(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _world_size(self) -> int:
-        return int(self.trainer.world_size) if self._trainer is not None else 1
+        trainer = attached_trainer(self)
+        return int(trainer.world_size) if trainer is not None else 1
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         """Forward, message passing on the batch's stored messages, loss.
@@ -487,9 +433,9 @@ class DeepStructuredModel(pl.LightningModule):
         if b == 0:
             return self._empty_step()
         theta = self(batch)
-        if self.training_strategy == "unary_only":
-            out: StructuredLoss = self.head.independent_loss(theta, self.head.labels_from(batch, b))
-        else:
+        if not self.strategy_spec.uses_structure:
+            out: StructuredLoss = self.head.independent_loss(theta, labels)
+        else:  # the head reads the labels from the batch (and checks them against theta)
             track = self.log_dual_change and self._logs_this_step()
             out = self.head.training_loss(
                 theta, batch, track_dual_change=track, write_back=not self.guard.enabled
@@ -506,7 +452,7 @@ class DeepStructuredModel(pl.LightningModule):
         self.log("train/dual", out.dual.mean(), on_epoch=True, **log)
         if out.dual_change is not None:
             self.log("train/dual_change", out.dual_change.mean(), **log)
-        if self.training_strategy != "unary_only" and not self.head.blend:
+        if self.strategy_spec.uses_structure and not self.head.blend:
             self.log("train/sweeps", float(out.num_sweeps), **log)
         reg = self._regulariser()
         return loss if reg is None else loss + reg
@@ -535,14 +481,14 @@ class DeepStructuredModel(pl.LightningModule):
 
     def _logs_this_step_done(self) -> bool:
         """After the optimizer step: whether the step just finished was a logging step."""
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return True
         every = max(1, int(self.trainer.log_every_n_steps))
         return self.global_step % every == 0
 
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes step-level logs at this step (every ``log_every_n_steps``)."""
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return True
         every = max(1, int(self.trainer.log_every_n_steps))
         return (self.global_step + 1) % every == 0
@@ -570,7 +516,7 @@ class DeepStructuredModel(pl.LightningModule):
         if b == 0:
             return  # every example of the batch was dropped by the data
         theta = self(batch)
-        if self.training_strategy == "unary_only":
+        if not self.strategy_spec.uses_structure:
             loss = self.head.independent_loss(theta, labels).loss
             pred, _ = self.head.predict_independent(theta)
         else:
@@ -626,7 +572,7 @@ class DeepStructuredModel(pl.LightningModule):
                 empty = self._input(batch).new_zeros(0, n, k)
                 return {"labels": empty.long()[..., 0], "marginals": empty}
         theta = self(batch)
-        if self.training_strategy == "unary_only":
+        if not self.strategy_spec.uses_structure:
             labels, marg = self.head.predict_independent(theta)
         else:
             labels, marg = self.head.predict(theta, self.head.infer(theta, self.val_sweeps))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import make_model, quiet_trainer, training_state
 
-import structlight.checkpointing as checkpointing
+import structlight.checkpoint_files as checkpoint_files
 from structlight.checkpointing import ResumableCheckpoint, ResumeState
 from structlight.testing import SyntheticChainDataModule
 
@@ -60,7 +60,7 @@ class Kill(pl.Callback):
 def kill_during_save(nth: int) -> None:
     """SIGKILL in the ``nth`` save of ``last.ckpt``: written to its temporary file, not yet
     renamed over the previous one."""
-    publish = checkpointing._publish
+    publish = checkpoint_files._publish
     calls = [0]
 
     def dying(tmp: Path, final: Path) -> None:
@@ -70,7 +70,7 @@ def kill_during_save(nth: int) -> None:
             _die()
         publish(tmp, final)
 
-    checkpointing._publish = dying
+    checkpoint_files._publish = dying
 
 
 def fit(ckpt_dir: Path, extra: list[pl.Callback], ckpt_path: Path | None = None) -> dict:
