@@ -506,6 +506,7 @@ class StructuredHead(nn.Module):
         batch: Mapping[str, Any],
         track_dual_change: bool = True,
         write_back: bool = True,
+        labels: Tensor | None = None,
     ) -> StructuredLoss:
         """One step of the paper's algorithm on a batch: message passing, store update, loss.
 
@@ -524,12 +525,23 @@ class StructuredHead(nn.Module):
                 as :attr:`StructuredLoss.pending` instead, for the caller to write once the
                 whole step (gradients included) is known to be finite, as
                 :class:`structlight.DeepStructuredModel` does.
+            labels: ``(B, N)`` labels already checked by :meth:`labels_from` (the caller's own
+                check of this step); None: read and check ``batch[label_key]`` here.
 
         Returns:
             :class:`StructuredLoss` with the ``(B,)`` loss.
+
+        Raises:
+            ValueError: ``labels`` of another batch size than ``theta``.
         """
         b = theta.shape[0]
-        labels = self.labels_from(batch, b)
+        if labels is None:
+            labels = self.labels_from(batch, b)
+        elif labels.shape[0] != b:
+            raise ValueError(
+                f"labels have batch size {labels.shape[0]} but the potentials {b}: pass the "
+                "labels of this batch"
+            )
         theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
         fixed = theta_inf.detach()
         dual_before = None

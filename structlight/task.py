@@ -435,10 +435,14 @@ class DeepStructuredModel(pl.LightningModule):
         theta = self(batch)
         if not self.strategy_spec.uses_structure:
             out: StructuredLoss = self.head.independent_loss(theta, labels)
-        else:  # the head reads the labels from the batch (and checks them against theta)
+        else:
             track = self.log_dual_change and self._logs_this_step()
             out = self.head.training_loss(
-                theta, batch, track_dual_change=track, write_back=not self.guard.enabled
+                theta,
+                batch,
+                track_dual_change=track,
+                write_back=not self.guard.enabled,
+                labels=labels.to(theta.device),
             )
         index = batch.get(self.head.index_key) if isinstance(batch, Mapping) else None
         self.guard.note_batch(theta, out.loss, index=index, write=out.pending)

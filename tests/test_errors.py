@@ -100,3 +100,15 @@ def test_label_invalid_for_its_own_state_count_is_refused():
     batch["label"][1, 0] = 1
     loss = model.training_step(batch, 0)
     assert torch.isfinite(loss) and float(loss) < 100
+
+
+def test_training_loss_with_labels_of_another_batch_is_refused():
+    head = ChainHead(N, K, 4, num_train_examples=4)
+    batch = {"label": torch.zeros(2, N, dtype=torch.long), "index": torch.tensor([0, 1])}
+    theta = head(torch.randn(2, N, 4), batch)
+    with pytest.raises(ValueError, match="labels have batch size 3 but the potentials 2"):
+        head.training_loss(theta, batch, labels=torch.zeros(3, N, dtype=torch.long))
+    checked = head.labels_from(batch)
+    same = head.training_loss(theta, batch, labels=checked).loss
+    head.store.messages = torch.zeros_like(head.store.messages)
+    assert torch.equal(same, head.training_loss(theta, batch).loss)
