@@ -183,11 +183,12 @@ def make_ours_blended(s: Setup, phase: Callable[[str], contextlib.AbstractContex
         with phase("gather messages"):
             msgs = store[idx]
         with phase("sweep"):
-            msgs = bp.sweep(theta.detach(), msgs)
+            prep = bp.prepare(theta)  # the sweep's tables serve the dual below
+            msgs = bp.sweep(prep, msgs)
         with phase("scatter messages"):
             store[idx] = msgs
         with phase("dual"):
-            dual = bp.dual(theta, msgs)
+            dual = bp.dual(prep, msgs)
         with phase("score"):
             score = bp.score(theta, s.y)
         return (dual - score).mean()

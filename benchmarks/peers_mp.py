@@ -166,8 +166,9 @@ class Ours:
     def run(self, iters: int) -> torch.Tensor:
         """``iters`` sweeps from zero messages; ``(B, M)``."""
         msgs = self.bp.init_messages(self.batch, self.theta.dtype, self.theta.device)
+        prep = self.bp.prepare(self.theta)  # one theta for all sweeps, as ConvexBP.run does
         for _ in range(iters):
-            msgs = self.bp.sweep(self.theta, msgs)
+            msgs = self.bp.sweep(prep, msgs)
         return msgs
 
     def solve(self, cap: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -177,10 +178,11 @@ class Ours:
             ``(sweeps_dual, sweeps_msg, msgs)``: per example, the first sweep at which the dual
             criterion (resp. the message criterion) held, -1 if never; and the final messages.
         """
-        bp, theta = self.bp, self.theta
-        msgs = bp.init_messages(self.batch, theta.dtype, theta.device)
+        bp = self.bp
+        theta = bp.prepare(self.theta)
+        msgs = bp.init_messages(self.batch, self.theta.dtype, self.theta.device)
         prev = bp.dual(theta, msgs)
-        dual_at = torch.full((self.batch,), -1, dtype=torch.long, device=theta.device)
+        dual_at = torch.full((self.batch,), -1, dtype=torch.long, device=self.theta.device)
         msg_at = dual_at.clone()
         for s in range(1, cap + 1):
             new = bp.sweep(theta, msgs)
@@ -197,10 +199,11 @@ class Ours:
 
     def solve_dual_only(self, cap: int) -> None:
         """What a user runs to convergence: sweeps plus one dual per sweep as the check."""
-        bp, theta = self.bp, self.theta
-        msgs = bp.init_messages(self.batch, theta.dtype, theta.device)
+        bp = self.bp
+        theta = bp.prepare(self.theta)
+        msgs = bp.init_messages(self.batch, self.theta.dtype, self.theta.device)
         prev = bp.dual(theta, msgs)
-        done = torch.zeros(self.batch, dtype=torch.bool, device=theta.device)
+        done = torch.zeros(self.batch, dtype=torch.bool, device=self.theta.device)
         for _ in range(cap):
             msgs = bp.sweep(theta, msgs)
             d = bp.dual(theta, msgs)

@@ -15,7 +15,7 @@ from structlight.chain import (
 )
 from structlight.graph import RegionGraph
 from structlight.head import ChainHead, FullyConnectedHead, StructuredHead, StructuredLoss
-from structlight.inference import NEG_INF, ConvexBP
+from structlight.inference import NEG_INF, ConvexBP, PreparedPotentials
 from structlight.potentials import (
     MLP,
     HigherOrderTable,
@@ -51,6 +51,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "NEG_INF",
     "ConvexBP",
+    "PreparedPotentials",
     "RegionGraph",
     "__version__",
     "chain_log_partition",

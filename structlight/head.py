@@ -543,7 +543,9 @@ class StructuredHead(nn.Module):
                 "labels of this batch"
             )
         theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
-        fixed = theta_inf.detach()
+        # prepared once: the sweeps (no gradient) and the final dual (gradient to theta_inf)
+        # share its tables
+        fixed = self.bp.prepare(theta_inf)
         dual_before = None
         pending = None
         if self.blend:
@@ -572,7 +574,7 @@ class StructuredHead(nn.Module):
                     dual_before = self.bp.dual(fixed, zero)
                 msgs, duals = self.bp.run(fixed, zero, num_sweeps=self.max_sweeps, tol=self.tol)
                 num = int(duals.shape[0]) if self.tol is not None else self.max_sweeps
-        dual = self.bp.dual(theta_inf, msgs.detach())
+        dual = self.bp.dual(fixed, msgs.detach())
         loss = dual - self.bp.score(theta, labels)
         change = None
         if dual_before is not None and track_dual_change and num > 0:

@@ -21,15 +21,20 @@ Every step of a block update is then one gather, one ``index_add`` or one reduct
 regions of the block at once; there is no Python loop over examples or over the edges of a block.
 All gathers are ``index_select`` on flat or row layouts (advanced indexing is several times slower,
 and so is its backward). Pairwise graphs have a faster layout of their own (``fast_path``).
+
+Explicit state. :meth:`ConvexBP.prepare` packs, checks and clamps potentials once and returns a
+:class:`PreparedPotentials`; every method that takes potentials takes one in their place. The
+per-potentials tables of the fast path (transposed and exponentiated pair tables) live on that
+object, so repeated sweeps and the dual after them share them exactly when the caller passes the
+same object. Nothing is remembered between calls on plain potentials.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,7 +42,7 @@ from torch import Tensor
 
 from structlight.graph import RegionGraph
 
-__all__ = ["ConvexBP", "NEG_INF", "Potentials"]
+__all__ = ["ConvexBP", "NEG_INF", "Potentials", "PreparedPotentials"]
 
 #: Forbidden states: potentials below this value (``-inf`` included) are clamped to it. A finite
 #: sentinel keeps ``inf - inf`` (and hence NaN) out of the message updates; ``exp`` of it is 0 in
@@ -73,9 +78,6 @@ COMPUTE_DTYPES = (torch.float32, torch.float64)
 TIE_RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 
 Potentials = Sequence[Tensor] | Tensor
-
-#: Set once :func:`torch.compile` has failed in this process: compiled sweeps are then skipped.
-_COMPILE_FAILED = False
 
 
 def _log_sweep(
@@ -168,28 +170,22 @@ def _to(v: object, t: object) -> object:
     return t(v) if isinstance(v, np.ndarray) else v
 
 
-def _clamp(theta: Tensor) -> Tensor:
-    """``theta.clamp_min(NEG_INF)``; on the CPU, ``theta`` itself where nothing is below.
+def _clamp(theta: Tensor) -> tuple[Tensor, bool]:
+    """``(theta.clamp_min(NEG_INF), False)``; on the CPU ``(theta, True)`` where nothing is below.
 
     (Skipping the copy saves its time and the backward's mask; on a GPU the check would cost a
     device sync, so the clamp always runs there.)
     """
-    global _CLAMP_CHECKED
     if theta.device.type == "cpu":
-        # the last tensor found clean, while it lives unchanged (a solver loop passes one theta
-        # to every sweep and dual): its check is not repeated
-        memo = _CLAMP_CHECKED
-        if memo is not None and memo[0]() is theta and memo[1] == theta._version:
-            return theta
         if theta.numel() == 0 or not bool(theta.detach().amin() < NEG_INF):
-            if not theta.is_inference():  # (inference tensors have no version counter)
-                _CLAMP_CHECKED = (weakref.ref(theta), theta._version)
-            return theta
-    return theta.clamp_min(NEG_INF)
+            return theta, True
+    return theta.clamp_min(NEG_INF), False
 
 
-#: ``(weakref, version)`` of the last CPU potentials :func:`_clamp` found with nothing to clamp.
-_CLAMP_CHECKED: tuple | None = None
+def _version_of(t: Tensor) -> int | None:
+    """``t``'s version counter (bumped by every in-place change); None for inference tensors,
+    which have none."""
+    return None if t.is_inference() else t._version
 
 
 def _lse_shifted(x: Tensor, m: Tensor, dim: int) -> Tensor:
@@ -286,7 +282,7 @@ class _Block:
     xsub_tgt: Tensor  # outgoing messages of the parents
     xsub_src: Tensor
     mu_idx: Tensor  # (n_mu, K) x positions reduced into each mu entry; n_x = padding (-inf)
-    mu_chat: Tensor  # (n_mu,) ĉ of the parent of each mu entry
+    mu_c_hat: Tensor  # (n_mu,) ĉ of the parent of each mu entry
     mu_inv: Tensor  # (n_mu, 1) 1 / ĉ (1 where ĉ = 0)
     mu_all_pos: bool  # all ĉ_p > 0: pure log-sum-exp
     mu_all_zero: bool  # all ĉ_p = 0: pure max
@@ -313,7 +309,7 @@ class _DenseBlock:
     nodes: Tensor  # (S,) the block's variables (rows of the node tables)
     node_pos: Tensor  # (P,) position in the block of the node sending each message
     node_pos_flat: Tensor  # (P*K,) the same as positions in the flat (S_block*K,) scores (B = 1)
-    chat: Tensor  # (P, 1, 1) ĉ of each pair
+    c_hat: Tensor  # (P, 1, 1) ĉ of each pair
     inv: Tensor  # (P, 1, 1, 1) 1 / ĉ (1 where ĉ = 0)
     weight: Tensor | float  # (P, 1, 1) c_e / (c_i + sum_e' c_e'), or one number for all
     mask: Tensor  # (P, K, 1) 1 for real states of the block variable, 0 for padding
@@ -352,9 +348,9 @@ class _Dense:
     end0: Tensor  # (E,) slot of the message from the first variable of each pair
     end1: Tensor  # (E,) slot of the message from the second variable
     kmax: int
-    node_chat: Tensor  # (N,)
+    node_c_hat: Tensor  # (N,)
     node_inv: Tensor  # (N, 1)
-    pair_chat: Tensor  # (E,)
+    pair_c_hat: Tensor  # (E,)
     pair_inv: Tensor  # (E, 1)
     node_flags: tuple[bool, bool, bool]  # (all ĉ > 0, all ĉ = 0, all ĉ = 1) over singletons
     pair_flags: tuple[bool, bool, bool]  # the same over pairs
@@ -489,13 +485,6 @@ class _DenseDual(torch.autograd.Function):
         return g_theta, g_msgs, None, None
 
 
-def _handoff_sig(t: Tensor) -> tuple:
-    """What identifies a tensor's data while its storage is held alive: the storage (its
-    address), the view on it and the version counter (shared by ``detach()`` and views, bumped
-    by every in-place change)."""
-    return (t.data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype, t.device, t._version)
-
-
 @dataclass
 class _ZeroLevel:
     """One depth of ĉ = 0 regions with parents (see :meth:`ConvexBP._compile_zero_levels`)."""
@@ -513,7 +502,7 @@ class _Compiled:
     fhat_tgt_out: Tensor
     fhat_src_out: Tensor
     pad_idx: Tensor  # (R, Smax) theta positions; T = padding
-    chat: Tensor  # (R,) ĉ_r
+    c_hat: Tensor  # (R,) ĉ_r
     inv: Tensor  # (R, 1)
     all_pos: bool
     all_zero: bool
@@ -528,6 +517,63 @@ class _Compiled:
     edge_parent: Tensor  # (E,) parent region of each message
     zero_levels: list[_ZeroLevel]  # ĉ = 0 regions with parents, top-down
     dense: _Dense | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedPotentials:
+    """Potentials packed, checked and clamped once, with the fast path's tables built from them.
+
+    Made by :meth:`ConvexBP.prepare`; :meth:`ConvexBP.sweep`, :meth:`~ConvexBP.run`,
+    :meth:`~ConvexBP.dual`, :meth:`~ConvexBP.beliefs`, :meth:`~ConvexBP.variable_beliefs`,
+    :meth:`~ConvexBP.decode`, :meth:`~ConvexBP.reparameterize` and :meth:`~ConvexBP.score` take
+    one in place of the potentials. On the pairwise fast path the first sweep on the object
+    builds its sweep tables (the batch-last pair tables; in exp space ``exp(f_e - max f_e)``),
+    and later sweeps and :meth:`~ConvexBP.dual` on the same object reuse them: a solver loop or
+    a training step prepares once, sweeps under ``no_grad`` and takes the dual with gradients,
+    paying for the transpose and the exps once. What is shared is decided by the caller, by
+    passing the same object; nothing is remembered between calls on plain potentials.
+
+    The tables are built without gradient from ``theta.detach()``; :meth:`ConvexBP.dual` on the
+    object is still differentiable with respect to the potentials it was prepared from. Where
+    ``theta`` is the caller's tensor itself (``clean``), changing it in place afterwards makes
+    the object stale: using it then raises a ``ValueError`` (prepare again). Otherwise ``theta``
+    is a copy and the object a snapshot of the values at :meth:`ConvexBP.prepare`.
+
+    The table slot is filled at most once, by the first sweep (two threads racing there each
+    build identical tables and one set is kept); the object is otherwise immutable.
+
+    Attributes:
+        theta: ``(B, T)`` packed potentials, entries below :data:`NEG_INF` clamped; it carries
+            the autograd graph of the input.
+        clean: nothing needed clamping and ``theta`` is the input itself (checked on the CPU;
+            on a GPU the check would cost a device sync, so the clamp always runs and this is
+            False).
+    """
+
+    theta: Tensor
+    clean: bool
+    _owner: object = field(repr=False)  # the ConvexBP whose layout the tables follow
+    _version: int | None = field(repr=False)  # theta's version counter when prepared
+    _tables: list = field(default_factory=list, repr=False)  # [sweep tables] once built
+
+    @property
+    def device(self) -> torch.device:
+        """The device of :attr:`theta`."""
+        return self.theta.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of :attr:`theta`."""
+        return self.theta.dtype
+
+    @property
+    def batch_size(self) -> int:
+        """``B``, the batch size of :attr:`theta`."""
+        return int(self.theta.shape[0])
+
+
+#: Potentials as the methods of :class:`ConvexBP` take them: plain, or prepared once.
+PotentialsLike = Potentials | PreparedPotentials
 
 
 class ConvexBP:
@@ -551,13 +597,21 @@ class ConvexBP:
             run in exp space where the eager sweep would (CPU, ``K >= EXP_MIN_STATES``), the
             whole sweep redone in log space if any sum underflows, and in log space otherwise. Compiling takes seconds to a minute on first use, and
             again for a new batch size; if it fails (no C++ compiler, say) a warning says so and
-            sweeps run eagerly.
+            this instance's sweeps run eagerly from then on (see :attr:`uses_compiled_sweeps`).
 
     All methods take potentials either as a list of ``num_regions`` tensors, region ``r`` of
     shape ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts over the batch, e.g. a shared
     pairwise table), or pre-packed as one ``(B, T)`` tensor from :meth:`pack`. Messages are a
     ``(B, M)`` tensor (:meth:`init_messages`). float32 and float64, CPU and CUDA; half precision
-    is refused with a ``ValueError`` (see :data:`COMPUTE_DTYPES`).
+    is refused with a ``ValueError`` (see :data:`COMPUTE_DTYPES`). Any of them takes a
+    :class:`PreparedPotentials` (:meth:`prepare`) in place of the potentials: the way to share
+    the fast path's tables between sweeps and the dual on the same potentials.
+
+    State and threads: no method keeps anything of its inputs. The mutable members are caches
+    of the graph's index tensors and compiled sweeps, one per (device, dtype), each built on
+    first use and never changed afterwards (two threads racing there build identical entries
+    and one is kept), and the compile-failure flag of this instance, set at most once. One
+    instance may serve several threads; it pickles without those caches.
 
     Cost: one :meth:`sweep` is ``O(B * sum_{(r,p)} |Y_p| * (|C(p)| + |P(p)|))`` work in
     ``len(graph.schedule())`` sequential block steps of about a dozen tensor ops each.
@@ -571,8 +625,10 @@ class ConvexBP:
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
-        # compiled whole sweeps, per (device, dtype): see _compiled_sweep
+        # compiled whole sweeps, per (device, dtype), built once: see _sweep_compiled
         self._sweep_fns: dict[tuple[torch.device, torch.dtype], object] = {}
+        # set when torch.compile failed for this instance: its sweeps then run eagerly
+        self._compile_failed = False
         eps = float(eps)
         if not eps >= 0.0 or np.isinf(eps):
             raise ValueError(f"eps must be finite and >= 0, got {eps}")
@@ -589,27 +645,24 @@ class ConvexBP:
         self.num_message_entries = int(msz.sum())
         self._proj = {e: g.projection(*e) for e in self._edges}
         self._schedule = g.schedule()
-        self._chat = np.array([eps * c for c in g.counting_numbers], dtype=np.float64)
+        self._c_hat = np.array([eps * c for c in g.counting_numbers], dtype=np.float64)
         # any ĉ = 0 region: beliefs and the dual's gradient then need the parent-implied beliefs
         # of those regions (decided once here; graphs with every ĉ > 0 never look at them)
-        self._has_zero_regions = bool((self._chat == 0).any())
+        self._has_zero_regions = bool((self._c_hat == 0).any())
         self._np = self._compile_numpy()
         self._np_dense = self._compile_dense() if fast_path else None
         d = self._np_dense  # what compile=True needs of the graph (checked once, not per sweep)
         self._compilable = bool(
             d is not None and d["uniform"] and all(b["unit"] for b in d["blocks"])
         )
+        # the graph's index tensors per (device, dtype), built once: see _compiled
         self._cache: dict[tuple[torch.device, torch.dtype], _Compiled] = {}
-        self._prep: tuple | None = None  # (weakref to theta, its version, sweep tables)
-        # (theta's storage, its signature, exp-space sweep tables): left by a sweep for the next
-        # dual on the same data (see _handoff_sig), used once
-        self._handoff: tuple | None = None
 
     def __getstate__(self) -> dict:
-        """Pickle without the caches (per-device index tensors, the last theta's tables held by
-        weak references, compiled sweeps): they are rebuilt on first use."""
+        """Pickle without the per-(device, dtype) caches (index tensors, compiled sweeps): they
+        are rebuilt on first use. The compile-failure flag travels with the instance."""
         state = dict(self.__dict__)
-        state.update(_cache={}, _prep=None, _handoff=None, _sweep_fns={})
+        state.update(_cache={}, _sweep_fns={})
         return state
 
     # ------------------------------------------------------------------ compilation
@@ -620,7 +673,7 @@ class ConvexBP:
         blocks = []
         for block in self._schedule:
             xpos, xat, xas, xst, xss = [], [], [], [], []
-            mu_rows, mu_chat, mu_tgt, weight, msg_pos = [], [], [], [], []
+            mu_rows, mu_c_hat, mu_tgt, weight, msg_pos = [], [], [], [], []
             apos, aat, aas = [], [], []
             n_x = 0
             n_a = 0
@@ -654,7 +707,7 @@ class ConvexBP:
                     order = np.argsort(proj[(r, p)], kind="stable")
                     rows = (n_x + order).reshape(sr, sp // sr)
                     mu_rows.append(rows)
-                    mu_chat.append(np.full(sr, self._chat[p]))
+                    mu_c_hat.append(np.full(sr, self._c_hat[p]))
                     mu_tgt.append(a_off[r] + np.arange(sr))
                     w = counting[p] / denom if denom > 0 else 1.0 / (len(parents) + 1)
                     weight.append(np.full(sr, w))
@@ -666,7 +719,7 @@ class ConvexBP:
             for rw in mu_rows:
                 mu_idx[i : i + rw.shape[0], : rw.shape[1]] = rw
                 i += rw.shape[0]
-            chat = np.concatenate(mu_chat)
+            c_hat = np.concatenate(mu_c_hat)
             blocks.append(
                 dict(
                     xpos=_cat_int([*xpos, np.array([self.num_entries])]),  # + -inf pad
@@ -675,10 +728,10 @@ class ConvexBP:
                     xsub_tgt=_cat_int(xst),
                     xsub_src=_cat_int(xss),
                     mu_idx=mu_idx,
-                    mu_chat=chat,
-                    mu_inv=np.where(chat > 0, 1.0 / np.where(chat > 0, chat, 1.0), 1.0)[:, None],
-                    mu_all_pos=bool((chat > 0).all()),
-                    mu_all_zero=bool((chat == 0).all()),
+                    mu_c_hat=c_hat,
+                    mu_inv=np.where(c_hat > 0, 1.0 / np.where(c_hat > 0, c_hat, 1.0), 1.0)[:, None],
+                    mu_all_pos=bool((c_hat > 0).all()),
+                    mu_all_zero=bool((c_hat == 0).all()),
                     apos=_cat_int(apos),
                     aadd_tgt=_cat_int(aat),
                     aadd_src=_cat_int(aas),
@@ -739,12 +792,12 @@ class ConvexBP:
             fhat_tgt_out=_cat_int(tout),
             fhat_src_out=_cat_int(sout),
             pad_idx=pad_idx,
-            chat=self._chat,
-            inv=np.where(self._chat > 0, 1.0 / np.where(self._chat > 0, self._chat, 1.0), 1.0)[
+            c_hat=self._c_hat,
+            inv=np.where(self._c_hat > 0, 1.0 / np.where(self._c_hat > 0, self._c_hat, 1.0), 1.0)[
                 :, None
             ],
-            all_pos=bool((self._chat > 0).all()),
-            all_zero=bool((self._chat == 0).all()),
+            all_pos=bool((self._c_hat > 0).all()),
+            all_zero=bool((self._c_hat == 0).all()),
             var_src=_cat_int(vsrc),
             var_tgt=_cat_int(vtgt),
             var_pad_idx=var_pad,
@@ -771,7 +824,7 @@ class ConvexBP:
         parent).
         """
         g = self.graph
-        zero = self._chat == 0
+        zero = self._c_hat == 0
         if not any(zero[r] and g.parents(r) for r in range(g.num_regions)):
             return []
         depth = np.zeros(g.num_regions, dtype=np.int64)
@@ -801,8 +854,8 @@ class ConvexBP:
     @property
     def uses_compiled_sweeps(self) -> bool:
         """Whether :meth:`sweep` runs compiled (``compile=True`` on a pairwise graph with one
-        state count and all ĉ = 1; False again once compiling has failed)."""
-        return self.compile and self._compilable and not _COMPILE_FAILED
+        state count and all ĉ = 1; False again once compiling has failed for this instance)."""
+        return self.compile and self._compilable and not self._compile_failed
 
     def _compile_dense(self) -> dict | None:
         g = self.graph
@@ -861,7 +914,7 @@ class ConvexBP:
         tab_rows = []  # oriented table of each message: [y_j, y_i], i sending, j the other end
         msg_pair = []
         for block in self._schedule:
-            other, node_pos, chat, weight, mask = [], [], [], [], []
+            other, node_pos, c_hat, weight, mask = [], [], [], [], []
             start = len(tab_rows)
             nodes = []
             for i, r in enumerate(block):
@@ -878,11 +931,11 @@ class ConvexBP:
                     assert slot[(v, p)] == len(tab_rows) - 1  # own slots: start..stop
                     other.append(slot[(u, p)])
                     node_pos.append(i)
-                    chat.append(self._chat[p])
+                    c_hat.append(self._c_hat[p])
                     weight.append(counting[p] / denom if denom > 0 else 1.0 / (len(parents) + 1))
                     mask.append(np.arange(kmax) < ks[v])
-            chat_a = np.array(chat, dtype=np.float64)
-            inv = np.where(chat_a > 0, 1.0 / np.where(chat_a > 0, chat_a, 1.0), 1.0)
+            c_hat_a = np.array(c_hat, dtype=np.float64)
+            inv = np.where(c_hat_a > 0, 1.0 / np.where(c_hat_a > 0, c_hat_a, 1.0), 1.0)
             w = np.array(weight, dtype=np.float64)
             blocks.append(
                 dict(
@@ -897,18 +950,18 @@ class ConvexBP:
                     node_pos_flat=(
                         np.array(node_pos, dtype=np.int64)[:, None] * kmax + np.arange(kmax)
                     ).reshape(-1),
-                    chat=chat_a[:, None, None],
+                    c_hat=c_hat_a[:, None, None],
                     inv=inv[:, None, None, None],
                     weight=float(w[0]) if np.all(w == w[0]) else w[:, None, None],
                     mask=np.stack(mask)[:, :, None].astype(np.float64),
-                    all_pos=bool((chat_a > 0).all()),
-                    all_zero=bool((chat_a == 0).all()),
-                    unit=bool((chat_a == 1).all()),
+                    all_pos=bool((c_hat_a > 0).all()),
+                    all_zero=bool((c_hat_a == 0).all()),
+                    unit=bool((c_hat_a == 1).all()),
                     single=len(block) == 1,
                 )
             )
-        node_chat = self._chat[[node[v] for v in range(g.num_vars)]]
-        pair_chat = self._chat[pairs]
+        node_c_hat = self._c_hat[[node[v] for v in range(g.num_vars)]]
+        pair_c_hat = self._c_hat[pairs]
 
         def inv(c: np.ndarray) -> np.ndarray:
             return np.where(c > 0, 1.0 / np.where(c > 0, c, 1.0), 1.0)[:, None]
@@ -930,7 +983,7 @@ class ConvexBP:
             uniform=uniform,
             tab_local=tab_local,
             msg_pair=np.array(msg_pair, dtype=np.int64),
-            exp_space=uniform and kmax >= EXP_MIN_STATES and bool((self._chat[pairs] == 1).all()),
+            exp_space=uniform and kmax >= EXP_MIN_STATES and bool((self._c_hat[pairs] == 1).all()),
             in_order=uniform and order == list(range(num_slots)),
             tab_rows=tab_all,
             node_flat=node_rows.reshape(-1),
@@ -943,12 +996,12 @@ class ConvexBP:
             end0=end0,
             end1=end1,
             kmax=kmax,
-            node_chat=node_chat,
-            node_inv=inv(node_chat),
-            pair_chat=pair_chat,
-            pair_inv=inv(pair_chat),
-            node_flags=flags(node_chat),
-            pair_flags=flags(pair_chat),
+            node_c_hat=node_c_hat,
+            node_inv=inv(node_c_hat),
+            pair_c_hat=pair_c_hat,
+            pair_inv=inv(pair_c_hat),
+            node_flags=flags(node_c_hat),
+            pair_flags=flags(pair_c_hat),
             pair_var0=np.array([g.regions[p][0] for p in pairs], dtype=np.int64),
             pair_var1=np.array([g.regions[p][1] for p in pairs], dtype=np.int64),
             node_valid=(np.arange(kmax)[None, :] < np.array(ks)[:, None])[:, :, None].astype(
@@ -1066,9 +1119,43 @@ class ConvexBP:
             theta = theta.expand(batch_size, -1)
         return theta
 
-    def _theta(self, pots: Potentials, batch_size: int | None = None) -> Tensor:
-        """:meth:`pack` without the copy where nothing needs clamping (the methods' input)."""
-        return _clamp(self._pack(pots, batch_size))
+    def prepare(self, pots: PotentialsLike, batch_size: int | None = None) -> PreparedPotentials:
+        """Pack, check and clamp potentials once, for several calls on them.
+
+        Pass the result to :meth:`sweep`, :meth:`run`, :meth:`dual` and the read-outs in place
+        of the potentials: the fast path's sweep tables are built by the first sweep on it and
+        reused by every later sweep and dual on it (see :class:`PreparedPotentials`). A training
+        step does ``prep = bp.prepare(theta)``, ``msgs = bp.sweep(prep, msgs)`` (no gradient
+        needed) and ``bp.dual(prep, msgs)``, whose gradient flows to ``theta``.
+
+        Args:
+            pots: potentials (see the class docstring), or a prepared object (returned as it is
+                when it was made by this instance for this batch size).
+            batch_size: expand broadcast (batch size 1) potentials to this batch size; prepare
+                for the messages' batch size to share the tables (a batch-1 object used with
+                ``B > 1`` messages is expanded per call, without tables).
+
+        Returns:
+            The prepared potentials; ``theta`` keeps the autograd graph of ``pots``.
+
+        Raises:
+            TypeError, ValueError: as :meth:`pack`; ValueError also for a prepared object whose
+                potentials were changed in place since, or whose batch size does not fit.
+        """
+        if isinstance(pots, PreparedPotentials):
+            theta = pots.theta
+            if pots._version is not None and pots._version != theta._version:
+                raise ValueError(
+                    "the potentials were changed in place after ConvexBP.prepare(): prepare them "
+                    "again (a prepared object holds tables built from the old values)"
+                )
+            fits = batch_size is None or theta.shape[0] == batch_size
+            if pots._owner is self and fits:
+                return pots
+            theta = self._pack(theta, batch_size)  # another instance's, or broadcast: no tables
+            return PreparedPotentials(theta, pots.clean, self, _version_of(theta))
+        theta, clean = _clamp(self._pack(pots, batch_size))
+        return PreparedPotentials(theta, clean, self, _version_of(theta))
 
     def init_messages(
         self,
@@ -1103,18 +1190,28 @@ class ConvexBP:
                 f"{theta.device}) must share dtype and device"
             )
 
-    def _prepare(self, pots: Potentials, msgs: Tensor) -> Tensor:
+    def _resolve(self, pots: PotentialsLike, msgs: Tensor) -> PreparedPotentials:
+        """The methods' input: :meth:`prepare` for the messages' batch size, messages checked."""
         if not isinstance(msgs, Tensor):
             raise TypeError(f"messages must be a tensor, got {type(msgs).__name__}")
-        theta = self._theta(pots, batch_size=msgs.shape[0] if msgs.dim() == 2 else None)
-        self._check_msgs(theta, msgs)
-        return theta
+        prep = self.prepare(pots, batch_size=msgs.shape[0] if msgs.dim() == 2 else None)
+        self._check_msgs(prep.theta, msgs)
+        return prep
+
+    def _tables_of(self, prep: PreparedPotentials, d: _Dense) -> tuple:
+        """``prep``'s fast-path sweep tables (:meth:`_sweep_tables`), built on first use."""
+        if not prep._tables:
+            with torch.no_grad():
+                tables = self._sweep_tables(prep.theta.detach(), d)
+            if not prep._tables:  # (a racing thread's identical tables may have landed)
+                prep._tables.append(tables)
+        return prep._tables[0]
 
     # ------------------------------------------------------------------ message passing
     @staticmethod
     def _soft_max(
         v: Tensor,
-        chat: Tensor,
+        c_hat: Tensor,
         inv: Tensor,
         all_pos: bool,
         all_zero: bool,
@@ -1122,7 +1219,7 @@ class ConvexBP:
     ) -> Tensor:
         """``ĉ * logsumexp(v / ĉ)`` over the last axis (``max`` where ``ĉ = 0``).
 
-        ``v``: ``(B, n, K)``; ``chat``: ``(n,)``; ``inv``: ``(n, 1)``; ``bel``: ``(B, n, K)``
+        ``v``: ``(B, n, K)``; ``c_hat``: ``(n,)``; ``inv``: ``(n, 1)``; ``bel``: ``(B, n, K)``
         beliefs, the gradient of the ``max`` rows (None: ``amax``'s own).
         """
         if not all_pos:
@@ -1130,17 +1227,18 @@ class ConvexBP:
         if all_zero:
             return hard
         xs = v * inv
-        lse = _lse_shifted(xs, xs.detach().amax(dim=-1, keepdim=True), -1) * chat
+        lse = _lse_shifted(xs, xs.detach().amax(dim=-1, keepdim=True), -1) * c_hat
         if all_pos:
             return lse
-        return torch.where(chat > 0, lse, hard)
+        return torch.where(c_hat > 0, lse, hard)
 
-    def sweep(self, pots: Potentials, msgs: Tensor) -> Tensor:
+    def sweep(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """One block-coordinate sweep over all regions that have parents.
 
         Args:
-            pots: potentials (see class docstring); treated as constants (detach them when
-                training: the messages are not differentiated through).
+            pots: potentials (see class docstring) or :meth:`prepare`'s object (whose sweep
+                tables are then built once and kept on it); treated as constants: the messages
+                are not differentiated through.
             msgs: ``(B, M)`` messages.
 
         Returns:
@@ -1149,12 +1247,12 @@ class ConvexBP:
             tensor (``out.t()`` is contiguous): the next sweep or dual reads them without a
             transpose. Call ``.contiguous()`` where a flat row-major layout is needed.
         """
-        theta = key = self._prepare(pots, msgs)
+        prep = self._resolve(pots, msgs)
         with torch.no_grad():
-            theta = theta.detach()
+            theta = prep.theta.detach()
             comp = self._compiled(theta.device, theta.dtype)
             if comp.dense is not None:
-                return self._sweep_dense(theta, msgs.detach(), comp.dense, key)
+                return self._sweep_dense(prep, msgs.detach(), comp.dense)
             lam = msgs.detach().clone()
             b = theta.shape[0]
             # one -inf column at position T: the padding of the mu rows points there
@@ -1169,7 +1267,7 @@ class ConvexBP:
                     x.index_add_(1, blk.xsub_tgt, lam.index_select(1, blk.xsub_src), alpha=-1)
                 # mu[p->r](y_r): soft-max of x over the parent states projecting onto y_r
                 rows = x.index_select(1, blk.mu_idx.view(-1)).view(b, *blk.mu_idx.shape)
-                mu = self._soft_max(rows, blk.mu_chat, blk.mu_inv, blk.mu_all_pos, blk.mu_all_zero)
+                mu = self._soft_max(rows, blk.mu_c_hat, blk.mu_inv, blk.mu_all_pos, blk.mu_all_zero)
                 # a = f_r + sum_c lam[c->r] + sum_p mu[p->r]; lam[r->p] = w_p a - mu[p->r]
                 a = theta.index_select(1, blk.apos)
                 if blk.aadd_tgt.numel():
@@ -1264,9 +1362,9 @@ class ConvexBP:
             mu = m.squeeze(1) if blk.all_zero else v.sub_(m).exp_().sum(1).log_().add_(m[:, 0])
         if not blk.all_zero:
             if not blk.unit:
-                mu = mu * blk.chat
+                mu = mu * blk.c_hat
             if not blk.all_pos:
-                mu = torch.where(blk.chat > 0, mu, m.squeeze(1))
+                mu = torch.where(blk.c_hat > 0, mu, m.squeeze(1))
         return mu
 
     def _sweep_tables(self, theta: Tensor, d: _Dense) -> tuple:
@@ -1275,7 +1373,8 @@ class ConvexBP:
         Log space (``etab`` None): ``tabs[q, y_j, y_i, b] = f_e(y_i, y_j)`` for the q-th message
         ``lam[i->e]`` of the sweep (``e = (i, j)``). Exp space (``tabs`` None): with
         ``c_e = max f_e``, ``etab = exp(f_e - c_e)`` oriented as ``tabs``, ``c_msg[q] = c_e``.
-        Read-only for the sweep; :meth:`sweep` keeps them for the next call on the same theta.
+        Read-only for the sweep; kept on the :class:`PreparedPotentials` they were built for
+        (:meth:`_tables_of`), for later sweeps and the dual on it.
         """
         b = theta.shape[0]
         if d.exp_space and theta.device.type == "cpu":
@@ -1305,10 +1404,11 @@ class ConvexBP:
         nodes, tabs = self._dense_tables(theta, d, d.tab_rows)
         return nodes, tabs, None, None, None, None, None
 
-    def _sweep_compiled(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor | None:
+    def _sweep_compiled(self, prep: PreparedPotentials, msgs: Tensor, d: _Dense) -> Tensor | None:
         """:meth:`sweep` through a compiled :func:`_exp_sweep` (where the eager sweep would run
-        in exp space) or :func:`_log_sweep`; None if compiling failed."""
-        global _COMPILE_FAILED
+        in exp space) or :func:`_log_sweep`; None if compiling failed (this instance then
+        sweeps eagerly from now on)."""
+        theta = prep.theta.detach()
         b = theta.shape[0]
         fkey = (theta.device, theta.dtype)
         fns = self._sweep_fns.get(fkey)
@@ -1332,14 +1432,11 @@ class ConvexBP:
             fns = (torch.compile(_log_sweep), torch.compile(_exp_sweep), consts)
             self._sweep_fns[fkey] = fns
         log_fn, exp_fn, consts = fns
-        tables = self._cached_tables(key, theta, d)
-        nodes, tabs, etab, c_msg = tables[:4]
+        nodes, tabs, etab, c_msg = self._tables_of(prep, d)[:4]
         lam = self._slots(msgs, d)  # not modified by the compiled sweeps
         try:
             out = None
             if etab is not None:
-                if not key.is_inference():  # the dual may take the exp tables over
-                    self._handoff = (key.untyped_storage(), _handoff_sig(key), tables)
                 out, low = exp_fn(lam, etab, c_msg, nodes, *consts)
                 tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
                 # underflow somewhere (then later blocks may have met inf - inf: NaN, which
@@ -1349,9 +1446,8 @@ class ConvexBP:
                     tabs = self._dense_tables(theta, d, d.tab_rows)[1]
             if out is None:
                 out = log_fn(lam, tabs, nodes, *consts)
-        except Exception as err:  # no working compiler: eager sweeps from now on
-            _COMPILE_FAILED = True
-            self._prep = self._handoff = None  # tables built for the compiled path
+        except Exception as err:  # no working compiler: this instance sweeps eagerly from now on
+            self._compile_failed = True
             warnings.warn(
                 f"ConvexBP(compile=True): torch.compile failed ({type(err).__name__}: "
                 f"{(str(err).splitlines() or [''])[0][:200]}); sweeps run eagerly instead "
@@ -1385,34 +1481,12 @@ class ConvexBP:
         nodes = theta[:, n0:n1].t().contiguous().view(-1, d.kmax, b)
         return nodes, first.t().reshape(-1, d.kmax * d.kmax, 1)
 
-    def _cached_tables(self, key: Tensor, theta: Tensor, d: _Dense) -> tuple:
-        """:meth:`_sweep_tables`, reused while ``key`` (the caller's theta) is alive and unchanged.
-
-        Repeated sweeps on one theta (:meth:`run`, a solver loop) then pay for the transpose,
-        gather and exps once. The entry is keyed on the tensor object and its version counter
-        (bumped by every in-place change), and dropped as soon as that tensor is freed.
-        """
-        if key.is_inference():  # no version counter to trust
-            return self._sweep_tables(theta, d)
-        hit = self._prep
-        if hit is not None and hit[0]() is key and hit[1] == key._version:
-            return hit[2]
-        tables = self._sweep_tables(theta, d)
-        me = weakref.ref(self)
-
-        def drop(_: object) -> None:
-            bp = me()
-            if bp is not None and bp._prep is not None and bp._prep[0]() is None:
-                bp._prep = None
-
-        self._prep = (weakref.ref(key, drop), key._version, tables)
-        return tables
-
-    def _sweep_dense(self, theta: Tensor, msgs: Tensor, d: _Dense, key: Tensor) -> Tensor:
+    def _sweep_dense(self, prep: PreparedPotentials, msgs: Tensor, d: _Dense) -> Tensor:
         """The sweep of :meth:`sweep` on the pairwise fast path (same schedule and updates)."""
+        theta = prep.theta.detach()
         b = theta.shape[0]
         if self.uses_compiled_sweeps:
-            out = self._sweep_compiled(theta, msgs, d, key)
+            out = self._sweep_compiled(prep, msgs, d)
             if out is not None:
                 return out
         lam = self._slots(msgs, d, copy=True)  # (S, K, B), a copy: the input stays as is
@@ -1421,11 +1495,9 @@ class ConvexBP:
         #   mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j),
         # E_e = exp(f_e - c_e) once per theta, x = exp(lam[j->e] - m) per block. Where a sum
         # comes out too small to be exact (exp underflow), the block redoes it in log space.
-        tables = self._cached_tables(key, theta, d)
+        tables = self._tables_of(prep, d)
         nodes, tabs, etab, c_msg = tables[:4]
         etab_t = tables[6]  # shared pair tables: [q, y_i, y_j] (else None)
-        if etab is not None and not key.is_inference():
-            self._handoff = (key.untyped_storage(), _handoff_sig(key), tables)
         tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
         tt = None
         if etab is not None and b == 1:
@@ -1491,7 +1563,7 @@ class ConvexBP:
 
     def run(
         self,
-        pots: Potentials,
+        pots: PotentialsLike,
         msgs: Tensor | None = None,
         num_sweeps: int = 10,
         tol: float | None = None,
@@ -1499,7 +1571,8 @@ class ConvexBP:
         """Several sweeps, stopping early once the dual moves less than ``tol`` for every example.
 
         Args:
-            pots: potentials (see class docstring).
+            pots: potentials (see class docstring) or :meth:`prepare`'s object; all sweeps and
+                duals of the run share one prepared object (the caller's, when given).
             msgs: ``(B, M)`` starting messages; zeros if None.
             num_sweeps: maximum number of sweeps.
             tol: stop when ``max_b |D_before - D_after| <= tol`` (checked once per sweep; costs a
@@ -1510,15 +1583,16 @@ class ConvexBP:
             ``(num_done, B)``; with ``tol=None`` the duals are not computed (``(0, B)``).
         """
         with torch.no_grad():
-            theta = self._theta(pots, batch_size=None if msgs is None else msgs.shape[0])
+            prep = self.prepare(pots, batch_size=None if msgs is None else msgs.shape[0])
+            theta = prep.theta
             if msgs is None:
                 msgs = self.init_messages(theta.shape[0], theta.dtype, theta.device)
             duals = []
-            prev = self.dual(theta, msgs) if tol is not None else None
+            prev = self.dual(prep, msgs) if tol is not None else None
             for _ in range(num_sweeps):
-                msgs = self.sweep(theta, msgs)
+                msgs = self.sweep(prep, msgs)
                 if tol is not None:
-                    d = self.dual(theta, msgs)
+                    d = self.dual(prep, msgs)
                     duals.append(d)
                     if float((prev - d).abs().max()) <= tol:
                         break
@@ -1527,9 +1601,9 @@ class ConvexBP:
         return msgs, stacked
 
     # ------------------------------------------------------------------ read-outs
-    def reparameterize(self, pots: Potentials, msgs: Tensor) -> Tensor:
+    def reparameterize(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """``fhat`` for all regions in the packed ``(B, T)`` layout; differentiable."""
-        theta = self._prepare(pots, msgs)
+        theta = self._resolve(pots, msgs).theta
         comp = self._compiled(theta.device, theta.dtype)
         fhat = theta.index_add(1, comp.fhat_tgt_in, msgs.index_select(1, comp.fhat_src_in))
         return fhat.index_add(
@@ -1542,11 +1616,12 @@ class ConvexBP:
         pad = torch.cat([fhat, neg], dim=1).index_select(1, comp.pad_idx.view(-1))
         return pad.view(fhat.shape[0], *comp.pad_idx.shape), comp
 
-    def dual(self, pots: Potentials, msgs: Tensor) -> Tensor:
+    def dual(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """The dual ``D(lam) = sum_r ĉ_r log sum_{y_r} exp(fhat_r(y_r) / ĉ_r)``.
 
         Args:
-            pots: potentials; gradients flow to them (and to ``msgs``).
+            pots: potentials, or :meth:`prepare`'s object (its sweep tables, where a sweep on
+                it built them, are reused); gradients flow to the potentials (and to ``msgs``).
             msgs: ``(B, M)`` messages.
 
         Returns:
@@ -1554,16 +1629,17 @@ class ConvexBP:
             (:meth:`beliefs`): the softmax where ``ĉ_r > 0``; where ``ĉ_r = 0`` the term is
             ``max fhat_r`` and its gradient the belief on its arg-max face, a subgradient.
         """
-        theta = self._prepare(pots, msgs)
+        prep = self._resolve(pots, msgs)
+        theta = prep.theta
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
             d = comp.dense
             if d.uniform and d.node_flags[2] and d.pair_flags[2]:
-                # every ĉ = 1 (no ĉ = 0 region): the custom Function and its shared-table forms
-                hand, self._handoff = self._handoff, None
-                tables = None
-                if hand is not None and not theta.is_inference() and hand[1] == _handoff_sig(theta):
-                    tables = hand[2]
+                # every ĉ = 1 (no ĉ = 0 region): the custom Function and its shared-table forms,
+                # on the exp tables a sweep on this prepared object built (if any)
+                tables = prep._tables[0] if prep._tables else None
+                if tables is not None and tables[4] is None:  # log-space tables: not of use
+                    tables = None
                 return _DenseDual.apply(theta, msgs, d, tables)
             nodes, pairs, raw, lam = self._dense_fhat(theta, msgs, d)
             node_b = pair_b = None
@@ -1572,31 +1648,31 @@ class ConvexBP:
             k = d.kmax
             pairs = pairs.view(pairs.shape[0], k * k, -1)
             node_d = self._soft_max1(
-                nodes, d.node_chat[:, None], d.node_inv[..., None], d.node_flags, node_b
+                nodes, d.node_c_hat[:, None], d.node_inv[..., None], d.node_flags, node_b
             )
             pair_d = self._soft_max1(
-                pairs, d.pair_chat[:, None], d.pair_inv[..., None], d.pair_flags, pair_b
+                pairs, d.pair_c_hat[:, None], d.pair_inv[..., None], d.pair_flags, pair_b
             )
             return node_d.sum(0) + pair_d.sum(0)
-        pad, comp = self._padded(self.reparameterize(theta, msgs))
+        pad, comp = self._padded(self.reparameterize(prep, msgs))
         bel = None
         if self._has_zero_regions:
             bel = self._region_beliefs(pad.detach(), theta, msgs, comp)
-        per_region = self._soft_max(pad, comp.chat, comp.inv, comp.all_pos, comp.all_zero, bel)
+        per_region = self._soft_max(pad, comp.c_hat, comp.inv, comp.all_pos, comp.all_zero, bel)
         return per_region.sum(dim=1)
 
     @classmethod
     def _soft_max1(
         cls,
         x: Tensor,
-        chat: Tensor,
+        c_hat: Tensor,
         inv: Tensor,
         flags: tuple[bool, bool, bool],
         bel: Tensor | None = None,
     ) -> Tensor:
         """``ĉ * logsumexp(x / ĉ)`` over dim 1 (``max`` where ``ĉ = 0``), differentiable.
 
-        ``x``: ``(n, K, B)``; ``chat``: ``(n, 1)``; ``inv``: ``(n, 1, 1)``; ``flags``: all ĉ > 0,
+        ``x``: ``(n, K, B)``; ``c_hat``: ``(n, 1)``; ``inv``: ``(n, 1, 1)``; ``flags``: all ĉ > 0,
         all ĉ = 0, all ĉ = 1; ``bel``: ``(n, K, B)`` beliefs, the gradient of the ``max`` rows
         (None: ``amax``'s own).
         """
@@ -1609,8 +1685,8 @@ class ConvexBP:
         lse = _lse_shifted(xs, cls._tree_max(xs.detach(), 1), 1)
         if unit:
             return lse
-        lse = lse * chat
-        return lse if all_pos else torch.where(chat > 0, lse, hard)
+        lse = lse * c_hat
+        return lse if all_pos else torch.where(c_hat > 0, lse, hard)
 
     def _dense_fhat(
         self, theta: Tensor, msgs: Tensor, d: _Dense
@@ -1631,18 +1707,18 @@ class ConvexBP:
 
     @staticmethod
     def _soft_or_hard(
-        x: Tensor, chat: Tensor, inv: Tensor, flags: tuple[bool, bool, bool], dim: int
+        x: Tensor, c_hat: Tensor, inv: Tensor, flags: tuple[bool, bool, bool], dim: int
     ) -> Tensor:
         """``softmax(x / ĉ)`` over ``dim``, one-hot argmax where ``ĉ = 0``.
 
-        ``chat`` and ``inv`` broadcast against ``x`` (size 1 along ``dim``); ``flags``: all
+        ``c_hat`` and ``inv`` broadcast against ``x`` (size 1 along ``dim``); ``flags``: all
         ĉ > 0, all ĉ = 0, all ĉ = 1 (only the kind needed is computed).
         """
         all_pos, all_zero, _ = flags
         if all_zero:
             return _one_hot_argmax(x, dim)
         soft = torch.softmax(x * inv, dim=dim)
-        return soft if all_pos else torch.where(chat > 0, soft, _one_hot_argmax(x, dim))
+        return soft if all_pos else torch.where(c_hat > 0, soft, _one_hot_argmax(x, dim))
 
     @staticmethod
     def _face_beliefs(q: Tensor, fhat: Tensor, mags: Tensor, hard: Tensor, dim: int) -> Tensor:
@@ -1686,10 +1762,10 @@ class ConvexBP:
             fn = fnode.detach()
             fp = fpair.detach().reshape(fpair.shape[0], k * k, -1)
             pair_b = self._soft_or_hard(
-                fp, d.pair_chat[:, None, None], d.pair_inv[..., None], d.pair_flags, 1
+                fp, d.pair_c_hat[:, None, None], d.pair_inv[..., None], d.pair_flags, 1
             )
             node_b = self._soft_or_hard(
-                fn, d.node_chat[:, None, None], d.node_inv[..., None], d.node_flags, 1
+                fn, d.node_c_hat[:, None, None], d.node_inv[..., None], d.node_flags, 1
             )
             if d.node_flags[0]:
                 return node_b, pair_b
@@ -1702,28 +1778,26 @@ class ConvexBP:
             up = top.new_zeros(fn.shape[0], b).index_add_(0, d.slot_var, top)
             mags += up.add_(1).unsqueeze(1)
             node_b = torch.where(
-                (d.node_chat == 0)[:, None, None],
+                (d.node_c_hat == 0)[:, None, None],
                 self._face_beliefs(q, fn, mags, node_b, 1),
                 node_b,
             )
         return node_b, pair_b
 
-    def _region_beliefs(
-        self, pad: Tensor, pots: Potentials, msgs: Tensor, comp: _Compiled
-    ) -> Tensor:
+    def _region_beliefs(self, pad: Tensor, theta: Tensor, msgs: Tensor, comp: _Compiled) -> Tensor:
         """Beliefs of all regions from their padded reparameterised scores ``(B, R, Smax)``.
 
         ``softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0`` (differentiable); where ``ĉ_r = 0``, regions
         with parents get :meth:`_face_beliefs` of their parents' beliefs (top-down, so a ĉ = 0
         parent is done first), those without the one-hot argmax (no gradient either way).
-        ``pots`` and ``msgs``: what ``pad`` was computed from (read only for ĉ = 0 regions with
-        parents).
+        ``theta`` ``(B, T)`` (clamped) and ``msgs`` ``(B, M)``: what ``pad`` was computed from
+        (read only for ĉ = 0 regions with parents).
         """
         soft = _softmax_last(pad * comp.inv) if not comp.all_zero else None
         if comp.all_pos:
             return soft
         hard = _one_hot_argmax(pad, -1)
-        bel = hard if soft is None else torch.where((comp.chat > 0)[:, None], soft, hard)
+        bel = hard if soft is None else torch.where((comp.c_hat > 0)[:, None], soft, hard)
         if not comp.zero_levels:
             return bel
         with torch.no_grad():
@@ -1731,7 +1805,7 @@ class ConvexBP:
             fh = pad.detach()
             # s_r(y) of TIE_RTOL: |f_r| + the |lam| summed into fhat_r + sum_p |max fhat_p| + 1
             ma = msgs.detach().abs()
-            mags = self._theta(pots, batch_size=b).detach().abs()
+            mags = theta.detach().abs()
             mags = mags.index_add(1, comp.fhat_tgt_in, ma.index_select(1, comp.fhat_src_in))
             mags = mags.index_add_(1, comp.fhat_tgt_out, ma.index_select(1, comp.fhat_src_out))
             mags = torch.cat([mags, mags.new_zeros(b, 1)], dim=1)
@@ -1757,11 +1831,11 @@ class ConvexBP:
             new = out.index_select(1, zero)
         return bel.index_copy(1, zero, new)
 
-    def _padded_beliefs(self, pots: Potentials, msgs: Tensor) -> tuple[Tensor, _Compiled]:
-        pad, comp = self._padded(self.reparameterize(pots, msgs))
-        return self._region_beliefs(pad, pots, msgs, comp), comp
+    def _padded_beliefs(self, prep: PreparedPotentials, msgs: Tensor) -> tuple[Tensor, _Compiled]:
+        pad, comp = self._padded(self.reparameterize(prep, msgs))
+        return self._region_beliefs(pad, prep.theta, msgs, comp), comp
 
-    def beliefs(self, pots: Potentials, msgs: Tensor) -> list[Tensor]:
+    def beliefs(self, pots: PotentialsLike, msgs: Tensor) -> list[Tensor]:
         """Region beliefs: ``b_r = softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0``.
 
         A ĉ = 0 region's scores tie at convergence (to rounding), so the argmax of ``fhat_r``
@@ -1773,7 +1847,7 @@ class ConvexBP:
         Returns:
             A list of ``num_regions`` tensors, region ``r`` of shape ``(B, *region_shape(r))``.
         """
-        pad, _ = self._padded_beliefs(pots, msgs)
+        pad, _ = self._padded_beliefs(self._resolve(pots, msgs), msgs)
         b = pad.shape[0]
         out: list[Tensor] = [pad] * self.graph.num_regions  # every entry replaced below
         # regions of one shape at once: one gather, then views (a loop of thousands of
@@ -1795,7 +1869,7 @@ class ConvexBP:
             self._shape_groups = groups
         return groups
 
-    def variable_beliefs(self, pots: Potentials, msgs: Tensor) -> Tensor:
+    def variable_beliefs(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """Per-variable beliefs, marginalised from the smallest region holding each variable.
 
         A variable in no region has no factor: its belief is uniform, ``1 / K_v`` per state.
@@ -1804,7 +1878,8 @@ class ConvexBP:
         Returns:
             ``(B, N, Kmax)``; entries past ``num_states[i]`` are 0.
         """
-        theta = self._prepare(pots, msgs)
+        prep = self._resolve(pots, msgs)
+        theta = prep.theta
         comp = self._compiled(theta.device, theta.dtype)
         if comp.dense is not None:
             d = comp.dense
@@ -1815,8 +1890,8 @@ class ConvexBP:
             if all_pos:
                 return soft
             other = self._dense_beliefs(d, fnode, fpair, raw, lam)[0].permute(2, 0, 1)
-            return other if soft is None else torch.where((d.node_chat > 0)[:, None], soft, other)
-        pad, comp = self._padded_beliefs(theta, msgs)
+            return other if soft is None else torch.where((d.node_c_hat > 0)[:, None], soft, other)
+        pad, comp = self._padded_beliefs(prep, msgs)
         b = pad.shape[0]
         flat = pad.reshape(b, -1).index_select(1, comp.var_src)
         nv = int(sum(self.graph.num_states))
@@ -1825,7 +1900,7 @@ class ConvexBP:
             out = out + comp.var_fill
         return out.index_select(1, comp.var_pad_idx.view(-1)).view(b, *comp.var_pad_idx.shape)
 
-    def decode(self, pots: Potentials, msgs: Tensor) -> Tensor:
+    def decode(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """Marginal decoding: argmax of each variable's belief (first state on ties).
 
         A variable in no region (uniform belief) decodes to state 0.
@@ -1838,11 +1913,11 @@ class ConvexBP:
         valid = torch.arange(vb.shape[-1], device=vb.device) < ks[:, None]
         return vb.masked_fill(~valid, -1.0).argmax(dim=-1)
 
-    def score(self, pots: Potentials, labels: Tensor) -> Tensor:
+    def score(self, pots: PotentialsLike, labels: Tensor) -> Tensor:
         """``F(y) = sum_r f_r(y_r)`` of a labelling.
 
         Args:
-            pots: potentials; differentiable.
+            pots: potentials or :meth:`prepare`'s object; differentiable.
             labels: ``(B, N)`` integer labels with ``0 <= labels[:, i] < num_states[i]``.
 
         Returns:
@@ -1852,6 +1927,8 @@ class ConvexBP:
         if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.shape[1] != g.num_vars:
             shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValueError(f"labels must have shape (B, {g.num_vars}), got {shape}")
+        if isinstance(pots, PreparedPotentials):
+            pots = self.prepare(pots).theta  # (the staleness check)
         theta = self._pack(pots, batch_size=labels.shape[0])
         if theta.shape[0] != labels.shape[0]:
             raise ValueError(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import pickle
+import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ import torch
 from scipy.optimize import minimize
 
 from structlight import NEG_INF, ConvexBP, RegionGraph
+from structlight.inference import EXP_MIN_STATES
 from tests.conftest import brute_force_scores
 
 DT = torch.float64
@@ -402,20 +407,27 @@ def test_sweep_leaves_its_inputs_alone(graph):
     ],
 )
 @pytest.mark.parametrize("b", [1, 3])
-def test_fast_path_reuses_tables_only_for_the_same_unchanged_theta(graph, b):
-    """Sweeps keep the per-theta tables for the next call; an in-place change must drop them."""
+def test_prepared_potentials_reuse_their_tables_and_a_new_prepare_sees_a_change(graph, b):
+    """A prepared object's sweep tables serve every sweep on it; after an in-place change of
+    the potentials the old object is refused and a new prepare sees the new values."""
     fast, general = ConvexBP(graph), ConvexBP(graph, fast_path=False)
     theta = fast.pack(random_pots(graph, b, 1, scale=3.0))
     theta[0, 0] = float("-inf") if b > 1 else theta[0, 0]
     theta = fast.pack(theta)
+    prep = fast.prepare(theta)
     mf = mg = fast.init_messages(b, DT)
-    for _ in range(3):  # the same theta object: the cached tables are used
-        mf, mg = fast.sweep(theta, mf), general.sweep(theta, mg)
+    for _ in range(3):  # one prepared object: its tables are built once and reused
+        mf, mg = fast.sweep(prep, mf), general.sweep(theta, mg)
         torch.testing.assert_close(mf, mg, rtol=1e-12, atol=1e-9)
+    # reused tables give the very numbers fresh ones do
+    torch.testing.assert_close(fast.sweep(prep, mf), fast.sweep(theta, mf), rtol=0, atol=0)
     with torch.no_grad():
-        theta.mul_(-2.0).clamp_min_(NEG_INF)  # in place: the version counter moves on
+        theta.mul_(-2.0).clamp_min_(NEG_INF)  # in place: the prepared object is stale now
+    with pytest.raises(ValueError, match="changed in place after ConvexBP.prepare"):
+        fast.sweep(prep, mf)
+    prep = fast.prepare(theta)
     for _ in range(2):
-        mf, mg = fast.sweep(theta, mf), general.sweep(theta, mg)
+        mf, mg = fast.sweep(prep, mf), general.sweep(theta, mg)
         torch.testing.assert_close(mf, mg, rtol=1e-12, atol=1e-9)
     # run() (one theta for all sweeps) agrees with sweeps on fresh copies, eps = 0 too
     for eps in (1.0, 0.0):
@@ -425,8 +437,11 @@ def test_fast_path_reuses_tables_only_for_the_same_unchanged_theta(graph, b):
         for _ in range(4):
             mb = fb.sweep(theta.clone(), mb)
         torch.testing.assert_close(ma, mb, rtol=1e-12, atol=1e-9)
-    del theta  # the cache entry goes with its tensor
-    assert fast._prep is None
+    # the engine keeps nothing of its inputs: they go with the caller's last reference
+    gone = weakref.ref(theta)
+    del theta, prep
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e4])
@@ -468,7 +483,7 @@ def _dual_and_grads(bp, theta, lam):
 @pytest.mark.parametrize("after_sweep", [False, True])
 def test_fast_dual_function_matches_autograd_of_general_path(graph, scale, b, after_sweep):
     """The fast path's dual (a custom autograd Function, beliefs as its backward, exp tables
-    handed over by a sweep on the same theta) == autograd through the general path, float64."""
+    built by a sweep on the same prepared object) == autograd through the general path."""
     fast, general = ConvexBP(graph), ConvexBP(graph, fast_path=False)
     pots = random_pots(graph, b, 5, scale=scale)
     pots[0][0, 0] = float("-inf")  # a forbidden state
@@ -480,50 +495,58 @@ def test_fast_dual_function_matches_autograd_of_general_path(graph, scale, b, af
     for _ in range(2):
         lam = general.sweep(theta, lam)
     lam = lam + scale * torch.randn_like(lam)
-    if after_sweep:  # the blended step: sweep on theta.detach(), then the dual on theta
-        lam = fast.sweep(theta.detach(), lam)
-        assert fast._handoff is not None or not fast._compiled(theta.device, DT).dense.exp_space
-    d_f, gt_f, gl_f = _dual_and_grads(general, theta, lam)  # reference first: no handoff
-    theta_same = theta  # the same tensor: the handoff applies
-    calls = []
-    tables = ConvexBP._dense_tables
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(
-            ConvexBP, "_dense_tables", staticmethod(lambda *a: calls.append(1) or tables(*a))
-        )
-        dd = fast.dual(theta_same, lam.requires_grad_(True))
-    exp_space = fast._compiled(theta.device, DT).dense.exp_space
-    if after_sweep and exp_space and scale == 1.0 and b == 1:  # no underflow: theta unread
-        assert not calls
+    prep = fast.prepare(theta)  # keeps theta's graph: the dual on it is differentiable
+    if after_sweep:  # the blended step: a sweep (no gradient) then the dual, one prepared object
+        with torch.no_grad():
+            lam = fast.sweep(prep, lam)
+    d_f, gt_f, gl_f = _dual_and_grads(general, theta, lam)  # the reference
+    exp_space = min(graph.num_states) >= EXP_MIN_STATES
+    lam = lam.requires_grad_(True)
     w = torch.linspace(0.5, 1.5, b, dtype=DT)
-    g1, g2 = torch.autograd.grad((dd * w).sum(), (theta_same, lam))
-    assert fast._handoff is None
-    torch.testing.assert_close(dd, d_f, rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(g1, gt_f, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(g2, gl_f, rtol=1e-9, atol=1e-12)
-    assert torch.isfinite(g1).all() and torch.isfinite(g2).all()
+    calls: list[int] = []
+    tables = ConvexBP._dense_tables
+    for _ in range(2):  # the tables stay with the object: a second dual reuses them too
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(
+                ConvexBP, "_dense_tables", staticmethod(lambda *a: calls.append(1) or tables(*a))
+            )
+            dd = fast.dual(prep, lam)
+        if after_sweep and exp_space and scale == 1.0 and b == 1:  # no underflow: theta unread
+            assert not calls
+        g1, g2 = torch.autograd.grad((dd * w).sum(), (theta, lam))
+        torch.testing.assert_close(dd, d_f, rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(g1, gt_f, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g2, gl_f, rtol=1e-9, atol=1e-12)
+        assert torch.isfinite(g1).all() and torch.isfinite(g2).all()
 
 
-def test_dual_handoff_is_dropped_when_theta_changes():
-    """A sweep's exp tables serve the next dual only on the same, unchanged theta data."""
+def test_sweep_tables_reach_the_dual_only_through_the_same_prepared_object():
+    """A sweep's exp tables serve a dual only when the caller passes the prepared object they
+    belong to; plain potentials, copies and changed potentials are computed afresh."""
     graph = RegionGraph.chain(5, 26)
     fast, general = ConvexBP(graph), ConvexBP(graph, fast_path=False)
     theta = fast.pack(random_pots(graph, 3, 8, scale=3.0))
-    lam = fast.sweep(theta.detach(), fast.init_messages(3, DT))
+    prep = fast.prepare(theta)
+    lam = fast.sweep(prep, fast.init_messages(3, DT))
     with torch.no_grad():
-        theta.mul_(-1.5)  # in place: the version counter moves on
+        theta.mul_(-1.5)  # in place: the prepared object is stale
+    with pytest.raises(ValueError, match="prepare them again"):
+        fast.dual(prep, lam)
     torch.testing.assert_close(fast.dual(theta, lam), general.dual(theta, lam), rtol=1e-12, atol=0)
-    # a copy of the data (another storage) does not hit either, and nor does a second dual
-    lam = fast.sweep(theta, lam)
-    other = theta.clone()
+    prep = fast.prepare(theta)
+    lam = fast.sweep(prep, lam)
+    other = theta.clone()  # another tensor: prepared afresh, no tables
     torch.testing.assert_close(fast.dual(other, lam), general.dual(other, lam), rtol=1e-12, atol=0)
-    assert fast._handoff is None
-    torch.testing.assert_close(fast.dual(theta, lam), general.dual(theta, lam), rtol=1e-12, atol=0)
+    for pots in (prep, theta):  # the object's tables, then plain potentials
+        torch.testing.assert_close(
+            fast.dual(pots, lam), general.dual(theta, lam), rtol=1e-12, atol=0
+        )
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_forbidden_state_written_in_place_after_a_clean_sweep_is_still_clamped(fast_path):
-    """The clean-potentials check is remembered per tensor only while it is unchanged."""
+    """Plain potentials are checked for forbidden entries on every call (nothing remembered)."""
     graph = RegionGraph.chain(4, 3)
     bp, ref = ConvexBP(graph, fast_path=fast_path), ConvexBP(graph, fast_path=False)
     theta = bp.pack(random_pots(graph, 2, 0)).float()
@@ -533,6 +556,17 @@ def test_forbidden_state_written_in_place_after_a_clean_sweep_is_still_clamped(f
     assert torch.isfinite(out).all() and torch.isfinite(bp.dual(theta, out)).all()
     clamped = theta.clamp_min(NEG_INF)
     torch.testing.assert_close(out, ref.sweep(clamped, msgs.contiguous()))
+
+
+def _spy(fn, log: list):
+    """``fn``, recording whether each call found batch-shared pair tables."""
+
+    def spied(*args):
+        out = fn(*args)
+        log.append(out is not None)
+        return out
+
+    return spied
 
 
 @pytest.mark.parametrize(
@@ -552,20 +586,23 @@ def test_batch_shared_pair_tables_match_the_general_path(graph):
     for r in graph.regions_of_size(2):
         pots[r] = pots[r][:1].expand(b, -1, -1).clone()  # one table per region for the batch
     theta = fast.pack(pots)
-    d = fast._compiled(theta.device, theta.dtype).dense
-    assert fast._shared_pairs(theta, d) is not None
     nearly = theta.clone()
     nearly[2, -1] += 1e-9  # the last pair entry of one example differs
-    assert fast._shared_pairs(nearly, d) is None
-    for th in (theta, nearly):
-        mf = mg = torch.randn(b, fast.num_message_entries, dtype=DT)
-        for _ in range(3):
-            mf, mg = fast.sweep(th, mf), general.sweep(th, mg)
-            torch.testing.assert_close(mf, mg, rtol=1e-10, atol=1e-10)
+    shared_pairs = ConvexBP._shared_pairs
+    for th, shared in ((theta, True), (nearly, False)):
+        found = []
+        with pytest.MonkeyPatch.context() as mp:  # which form the sweeps took
+            mp.setattr(ConvexBP, "_shared_pairs", staticmethod(_spy(shared_pairs, found)))
+            mf = mg = torch.randn(b, fast.num_message_entries, dtype=DT)
+            for _ in range(3):
+                mf, mg = fast.sweep(th, mf), general.sweep(th, mg)
+                torch.testing.assert_close(mf, mg, rtol=1e-10, atol=1e-10)
+        assert found and all(f == shared for f in found)
         tf, tg = th.clone().requires_grad_(True), th.clone().requires_grad_(True)
         lf, lg = mf.clone().requires_grad_(True), mg.clone().requires_grad_(True)
-        fast.sweep(tf.detach(), mf)  # hands its tables to the dual
-        df, dg = fast.dual(tf, lf), general.dual(tg, lg)
+        prep = fast.prepare(tf)
+        fast.sweep(prep, mf)  # builds the object's tables, which the dual then uses
+        df, dg = fast.dual(prep, lf), general.dual(tg, lg)
         torch.testing.assert_close(df, dg, rtol=1e-12, atol=1e-10)
         w = torch.rand(b, dtype=DT)  # an arbitrary output gradient
         (df * w).sum().backward()
@@ -619,21 +656,27 @@ def test_compile_applies_only_where_it_can_and_falls_back_when_it_fails(monkeypa
 
         return run
 
-    monkeypatch.setattr(inference, "_COMPILE_FAILED", False)
     monkeypatch.setattr(inference.torch, "compile", broken)
     graph = RegionGraph.fully_connected(4, 2)
-    bp, eager = ConvexBP(graph, compile=True), ConvexBP(graph)
+    bp, other, eager = ConvexBP(graph, compile=True), ConvexBP(graph, compile=True), ConvexBP(graph)
     theta = bp.pack(random_pots(graph, 2, 0))
     msgs = torch.randn(2, bp.num_message_entries, dtype=DT)
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
         out = bp.sweep(theta, msgs)
     assert not bp.uses_compiled_sweeps
     torch.testing.assert_close(out, eager.sweep(theta, msgs), rtol=0, atol=0)
+    with warnings.catch_warnings():  # warned once: later sweeps of this instance are quiet
+        warnings.simplefilter("error")
+        torch.testing.assert_close(bp.sweep(theta, out), eager.sweep(theta, out), rtol=0, atol=0)
+    # the failure is this instance's: another one still tries (and decides for itself)
+    assert other.uses_compiled_sweeps
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        other.sweep(theta, msgs)
+    assert not other.uses_compiled_sweeps
+    assert not pickle.loads(pickle.dumps(bp)).uses_compiled_sweeps  # the decision travels
 
 
 def test_convex_bp_pickles_after_use():
-    import pickle
-
     graph = RegionGraph.chain(4, 3)
     bp = ConvexBP(graph, compile=True)
     theta = bp.pack(random_pots(graph, 2, 0))

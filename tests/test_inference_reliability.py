@@ -157,7 +157,7 @@ def pairwise_primal(graph: RegionGraph, eps: float, theta: torch.Tensor) -> tupl
         ``(dual value, (N, Kmax) variable marginals, {pair region: (K_a, K_b) belief})``.
     """
     g = graph
-    chat = [eps * c for c in g.counting_numbers]
+    c_hat = [eps * c for c in g.counting_numbers]
     sizes = [g.region_size(r) for r in range(g.num_regions)]
     off = np.concatenate([[0], np.cumsum(sizes)[:-1]])
 
@@ -166,7 +166,7 @@ def pairwise_primal(graph: RegionGraph, eps: float, theta: torch.Tensor) -> tupl
 
     node = {reg[0]: r for r, reg in enumerate(g.regions) if len(reg) == 1}
     pairs = g.regions_of_size(2)
-    assert all(chat[e] > 0 for e in pairs) and len(node) == g.num_vars
+    assert all(c_hat[e] > 0 for e in pairs) and len(node) == g.num_vars
     inc: dict[int, list[tuple[int, int]]] = {v: [] for v in range(g.num_vars)}
     for e in pairs:
         for side, v in enumerate(g.regions[e]):
@@ -174,7 +174,7 @@ def pairwise_primal(graph: RegionGraph, eps: float, theta: torch.Tensor) -> tupl
     ks = g.num_states
     pos, n = {}, 0
     for v in range(g.num_vars):
-        for key in inc[v] if chat[node[v]] > 0 else inc[v][:-1]:
+        for key in inc[v] if c_hat[node[v]] > 0 else inc[v][:-1]:
             pos[key] = n
             n += ks[v]
 
@@ -186,19 +186,19 @@ def pairwise_primal(graph: RegionGraph, eps: float, theta: torch.Tensor) -> tupl
                 if key in pos:
                     lam[key] = x[pos[key] : pos[key] + ks[v]]
                     tot = tot + lam[key]
-            if chat[node[v]] == 0:
+            if c_hat[node[v]] == 0:
                 lam[inc[v][-1]] = -tab(node[v]) - tot
         val = torch.zeros((), dtype=DT)
         mus = {}
         for e in pairs:
-            z = (tab(e) - lam[(e, 0)][:, None] - lam[(e, 1)][None, :]) / chat[e]
-            val = val + chat[e] * torch.logsumexp(z.reshape(-1), 0)
+            z = (tab(e) - lam[(e, 0)][:, None] - lam[(e, 1)][None, :]) / c_hat[e]
+            val = val + c_hat[e] * torch.logsumexp(z.reshape(-1), 0)
             mus[e] = torch.softmax(z.reshape(-1), 0).reshape(z.shape).detach()
         for v in range(g.num_vars):
             r = node[v]
-            if chat[r] > 0:
+            if c_hat[r] > 0:
                 a = tab(r) + sum(lam[key] for key in inc[v])
-                val = val + chat[r] * torch.logsumexp(a / chat[r], 0)
+                val = val + c_hat[r] * torch.logsumexp(a / c_hat[r], 0)
         return val, mus
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -326,11 +326,11 @@ def test_zero_count_gradient_away_from_convergence_is_the_one_hot_argmax(
     fhat = bp.reparameterize(theta, msgs)
     th = theta.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(bp.dual(th, msgs).sum(), th)
-    chat = [eps * c for c in g.counting_numbers]
+    c_hat = [eps * c for c in g.counting_numbers]
     off = 0
     for r in range(g.num_regions):
         size = g.region_size(r)
-        if chat[r] == 0:
+        if c_hat[r] == 0:
             f = fhat[:, off : off + size]
             top2 = f.topk(2, dim=1).values
             assert torch.all(top2[:, 0] - top2[:, 1] > 1e-3)  # no near-ties in this data
