@@ -476,26 +476,24 @@ class DeepStructuredModel(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Read the deferred guard's flags on the steps Lightning logs (warn, or stop)."""
-        if self.guard.enabled and self._logs_this_step_done():
+        if self.guard.enabled and self._is_logging_step(self.global_step):
             self.guard.report()
 
     def on_train_epoch_end(self) -> None:
         """Read the deferred guard's remaining flags."""
         self.guard.report()
 
-    def _logs_this_step_done(self) -> bool:
-        """After the optimizer step: whether the step just finished was a logging step."""
+    def _is_logging_step(self, steps_done: int) -> bool:
+        """Whether Lightning writes step-level logs (every ``log_every_n_steps``) once
+        ``steps_done`` optimizer steps are done."""
         if attached_trainer(self) is None:
             return True
         every = max(1, int(self.trainer.log_every_n_steps))
-        return self.global_step % every == 0
+        return steps_done % every == 0
 
     def _logs_this_step(self) -> bool:
-        """Whether Lightning writes step-level logs at this step (every ``log_every_n_steps``)."""
-        if attached_trainer(self) is None:
-            return True
-        every = max(1, int(self.trainer.log_every_n_steps))
-        return (self.global_step + 1) % every == 0
+        """Whether Lightning writes step-level logs at the step now running."""
+        return self._is_logging_step(self.global_step + 1)
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
