@@ -10,7 +10,7 @@ and the dual is ``D(lam) = sum_r ĉ_r log sum exp(fhat_r / ĉ_r)`` (``max fhat_r
 A sweep updates the messages of every region with parents, block by block, each block an exact
 minimisation of ``D`` over its messages, so ``D`` never increases.
 
-Layout. A graph is compiled once (per device and dtype) into flat index tensors:
+Layout. A graph is turned once (per device and dtype) into a plan of flat index tensors:
 
 * potentials ``theta``: ``(B, T)``, the region tables flattened row-major and concatenated in
   region order (``T = sum_r |Y_r|``); :meth:`ConvexBP.pack` builds it from a list of tables;
@@ -92,8 +92,8 @@ def _log_sweep(
     sweep guards on two tensors, not on three per block). Returns new slots (``lam`` is kept).
     """
     k = tabs.shape[1]
-    for start, stop, off, nn_ in blocks:
-        other, node_pos, bnodes = _block_index(index, off, stop - start, nn_)
+    for start, stop, off, num_nodes in blocks:
+        other, node_pos, bnodes = _block_index(index, off, stop - start, num_nodes)
         v = tabs[start:stop] + lam.index_select(0, other).unsqueeze(2)
         if k == 2:  # max + log(1 + exp(min - max)): half the exps of the general form
             v0, v1 = v[:, 0], v[:, 1]
@@ -106,13 +106,13 @@ def _log_sweep(
     return lam
 
 
-def _block_index(index: Tensor, off: int, p: int, nn_: int) -> tuple[Tensor, Tensor, Tensor]:
+def _block_index(index: Tensor, off: int, p: int, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
     """A block's ``other`` (P), ``node_pos`` (P) and variables, from the compiled sweeps'
     concatenated ``index`` at offset ``off``."""
     return (
         index[off : off + p],
         index[off + p : off + 2 * p],
-        index[off + 2 * p : off + 2 * p + nn_],
+        index[off + 2 * p : off + 2 * p + num_nodes],
     )
 
 
@@ -154,8 +154,8 @@ def _exp_sweep(
     underflow and is redone in log space by the caller.
     """
     low = None
-    for start, stop, off, nn_ in blocks:
-        other, node_pos, bnodes = _block_index(index, off, stop - start, nn_)
+    for start, stop, off, num_nodes in blocks:
+        other, node_pos, bnodes = _block_index(index, off, stop - start, num_nodes)
         lo = lam.index_select(0, other)
         m = lo.amax(1, keepdim=True)
         s = (etab[start:stop] * torch.exp(lo - m).unsqueeze(2)).sum(1)
@@ -273,7 +273,7 @@ def _cat_int(parts: list[np.ndarray]) -> np.ndarray:
 
 @dataclass
 class _Block:
-    """Index tensors of one parallel block (see :meth:`ConvexBP._compile_block`)."""
+    """Index tensors of one parallel block (see :meth:`ConvexBP._plan_numpy`)."""
 
     xpos: Tensor  # (n_x + 1,) theta positions of the parents' tables, one copy per block edge,
     # then T (the -inf column appended to theta)
@@ -453,17 +453,17 @@ class _DenseDual(torch.autograd.Function):
             num_pairs = bp.shape[0]
         g_theta = g_msgs = None
         if ctx.needs_input_grad[0]:
-            nn_, ne = bn.shape[0] * k, num_pairs * k * k
-            gt = grad.new_empty(nn_ + ne, b)
-            torch.mul(bn.view(-1, b), grad, out=gt[:nn_])
+            n_node, ne = bn.shape[0] * k, num_pairs * k * k
+            gt = grad.new_empty(n_node + ne, b)
+            torch.mul(bn.view(-1, b), grad, out=gt[:n_node])
             if ctx.shared:  # the pair beliefs E(a, c) x_a(a) x_b(c) / s, built once, in place
-                gp = gt[nn_:].view(-1, k, k, b)
+                gp = gt[n_node:].view(-1, k, k, b)
                 torch.mul(e4.unsqueeze(-1), (xa * (grad / s)).unsqueeze(2), out=gp)
                 gp.mul_(xb.unsqueeze(1))
             else:
-                torch.mul(bp.view(-1, b), grad, out=gt[nn_:])
+                torch.mul(bp.view(-1, b), grad, out=gt[n_node:])
             span = (d.node_span, d.pair_span)
-            if span == ((0, nn_), (nn_, nn_ + ne)):
+            if span == ((0, n_node), (n_node, n_node + ne)):
                 g_theta = gt.t()
             else:  # scatter to the packed positions (region order may interleave)
                 pos = torch.cat([d.node_flat, d.pair_flat])
@@ -487,7 +487,7 @@ class _DenseDual(torch.autograd.Function):
 
 @dataclass
 class _ZeroLevel:
-    """One depth of ĉ = 0 regions with parents (see :meth:`ConvexBP._compile_zero_levels`)."""
+    """One depth of ĉ = 0 regions with parents (see :meth:`ConvexBP._plan_zero_levels`)."""
 
     regions: Tensor  # (G,) the regions
     src: Tensor  # parent-belief entries of the flat (B, R*Smax) beliefs
@@ -495,7 +495,7 @@ class _ZeroLevel:
 
 
 @dataclass
-class _Compiled:
+class _Plan:
     blocks: list[_Block]
     fhat_tgt_in: Tensor  # fhat = theta + lam[in_src] at in_tgt - lam[out_src] at out_tgt
     fhat_src_in: Tensor
@@ -649,14 +649,14 @@ class ConvexBP:
         # any ĉ = 0 region: beliefs and the dual's gradient then need the parent-implied beliefs
         # of those regions (decided once here; graphs with every ĉ > 0 never look at them)
         self._has_zero_regions = bool((self._c_hat == 0).any())
-        self._np = self._compile_numpy()
-        self._np_dense = self._compile_dense() if fast_path else None
+        self._np = self._plan_numpy()
+        self._np_dense = self._plan_dense() if fast_path else None
         d = self._np_dense  # what compile=True needs of the graph (checked once, not per sweep)
         self._compilable = bool(
             d is not None and d["uniform"] and all(b["unit"] for b in d["blocks"])
         )
-        # the graph's index tensors per (device, dtype), built once: see _compiled
-        self._cache: dict[tuple[torch.device, torch.dtype], _Compiled] = {}
+        # the graph's index tensors per (device, dtype), built once: see _plan
+        self._cache: dict[tuple[torch.device, torch.dtype], _Plan] = {}
 
     def __getstate__(self) -> dict:
         """Pickle without the per-(device, dtype) caches (index tensors, compiled sweeps): they
@@ -666,13 +666,13 @@ class ConvexBP:
         return state
 
     # ------------------------------------------------------------------ compilation
-    def _compile_numpy(self) -> dict:
+    def _plan_numpy(self) -> dict:
         g = self.graph
         off, msg_off, proj = self._offsets, self._msg_offsets, self._proj
         counting = g.counting_numbers
         blocks = []
         for block in self._schedule:
-            xpos, xat, xas, xst, xss = [], [], [], [], []
+            xpos, add_tgt, add_src, sub_tgt, sub_src = [], [], [], [], []
             mu_rows, mu_c_hat, mu_tgt, weight, msg_pos = [], [], [], [], []
             apos, aat, aas = [], [], []
             n_x = 0
@@ -698,11 +698,11 @@ class ConvexBP:
                     for c in g.children(p):
                         if c == r:
                             continue
-                        xat.append(n_x + np.arange(sp))
-                        xas.append(msg_off[self._edge_id[(c, p)]] + proj[(c, p)])
+                        add_tgt.append(n_x + np.arange(sp))
+                        add_src.append(msg_off[self._edge_id[(c, p)]] + proj[(c, p)])
                     for q in g.parents(p):
-                        xst.append(n_x + np.arange(sp))
-                        xss.append(msg_off[self._edge_id[(p, q)]] + np.arange(sp))
+                        sub_tgt.append(n_x + np.arange(sp))
+                        sub_src.append(msg_off[self._edge_id[(p, q)]] + np.arange(sp))
                     # mu rows: for each child state, the parent states projecting onto it
                     order = np.argsort(proj[(r, p)], kind="stable")
                     rows = (n_x + order).reshape(sr, sp // sr)
@@ -723,10 +723,10 @@ class ConvexBP:
             blocks.append(
                 dict(
                     xpos=_cat_int([*xpos, np.array([self.num_entries])]),  # + -inf pad
-                    xadd_tgt=_cat_int(xat),
-                    xadd_src=_cat_int(xas),
-                    xsub_tgt=_cat_int(xst),
-                    xsub_src=_cat_int(xss),
+                    xadd_tgt=_cat_int(add_tgt),
+                    xadd_src=_cat_int(add_src),
+                    xsub_tgt=_cat_int(sub_tgt),
+                    xsub_src=_cat_int(sub_src),
                     mu_idx=mu_idx,
                     mu_c_hat=c_hat,
                     mu_inv=np.where(c_hat > 0, 1.0 / np.where(c_hat > 0, c_hat, 1.0), 1.0)[:, None],
@@ -741,12 +741,12 @@ class ConvexBP:
                 )
             )
         # reparameterised scores of all regions
-        tin, sin, tout, sout = [], [], [], []
+        in_tgt, in_src, out_tgt, out_src = [], [], [], []
         for e, (c, p) in enumerate(self._edges):
-            tin.append(off[p] + np.arange(self._sizes[p]))
-            sin.append(msg_off[e] + proj[(c, p)])
-            tout.append(off[c] + np.arange(self._sizes[c]))
-            sout.append(msg_off[e] + np.arange(self._sizes[c]))
+            in_tgt.append(off[p] + np.arange(self._sizes[p]))
+            in_src.append(msg_off[e] + proj[(c, p)])
+            out_tgt.append(off[c] + np.arange(self._sizes[c]))
+            out_src.append(msg_off[e] + np.arange(self._sizes[c]))
         smax = int(self._sizes.max())
         num_r = g.num_regions
         pad_idx = np.full((num_r, smax), self.num_entries, dtype=np.int64)
@@ -787,10 +787,10 @@ class ConvexBP:
             sstr[r, : len(reg)] = strides
         return dict(
             blocks=blocks,
-            fhat_tgt_in=_cat_int(tin),
-            fhat_src_in=_cat_int(sin),
-            fhat_tgt_out=_cat_int(tout),
-            fhat_src_out=_cat_int(sout),
+            fhat_tgt_in=_cat_int(in_tgt),
+            fhat_src_in=_cat_int(in_src),
+            fhat_tgt_out=_cat_int(out_tgt),
+            fhat_src_out=_cat_int(out_src),
             pad_idx=pad_idx,
             c_hat=self._c_hat,
             inv=np.where(self._c_hat > 0, 1.0 / np.where(self._c_hat > 0, self._c_hat, 1.0), 1.0)[
@@ -805,13 +805,13 @@ class ConvexBP:
             var_fill=var_fill,
             edge_child=np.array([c for c, _ in self._edges], dtype=np.int64),
             edge_parent=np.array([p for _, p in self._edges], dtype=np.int64),
-            zero_levels=self._compile_zero_levels(smax),
+            zero_levels=self._plan_zero_levels(smax),
             score_base=self._offsets.copy(),
             score_vars=svars,
             score_strides=sstr,
         )
 
-    def _compile_zero_levels(self, smax: int) -> list[dict]:
+    def _plan_zero_levels(self, smax: int) -> list[dict]:
         """Index arrays for the beliefs of the ĉ = 0 regions that have parents, top-down.
 
         Such a region's belief is the sum of its parents' beliefs marginalised onto it (then
@@ -857,7 +857,7 @@ class ConvexBP:
         state count and all ĉ = 1; False again once compiling has failed for this instance)."""
         return self.compile and self._compilable and not self._compile_failed
 
-    def _compile_dense(self) -> dict | None:
+    def _plan_dense(self) -> dict | None:
         g = self.graph
         if not g.is_pairwise() or not self._schedule:
             return None
@@ -1009,7 +1009,7 @@ class ConvexBP:
             ),
         )
 
-    def _compiled(self, device: torch.device, dtype: torch.dtype) -> _Compiled:
+    def _plan(self, device: torch.device, dtype: torch.dtype) -> _Plan:
         key = (device, dtype)
         hit = self._cache.get(key)
         if hit is not None:
@@ -1034,7 +1034,7 @@ class ConvexBP:
                 blocks=[_DenseBlock(**{k: _to(v, t) for k, v in b.items()}) for b in nd["blocks"]],
                 **{k: _to(v, t) for k, v in nd.items() if k != "blocks"},
             )
-        comp = _Compiled(
+        plan = _Plan(
             blocks=blocks,
             dense=dense,
             zero_levels=[
@@ -1046,8 +1046,8 @@ class ConvexBP:
                 if k not in ("blocks", "missing_vars", "zero_levels")
             },
         )
-        self._cache[key] = comp
-        return comp
+        self._cache[key] = plan
+        return plan
 
     # ------------------------------------------------------------------ inputs
     def pack(self, pots: Potentials, batch_size: int | None = None) -> Tensor:
@@ -1250,14 +1250,14 @@ class ConvexBP:
         prep = self._resolve(pots, msgs)
         with torch.no_grad():
             theta = prep.theta.detach()
-            comp = self._compiled(theta.device, theta.dtype)
-            if comp.dense is not None:
-                return self._sweep_dense(prep, msgs.detach(), comp.dense)
+            plan = self._plan(theta.device, theta.dtype)
+            if plan.dense is not None:
+                return self._sweep_dense(prep, msgs.detach(), plan.dense)
             lam = msgs.detach().clone()
             b = theta.shape[0]
             # one -inf column at position T: the padding of the mu rows points there
             theta = torch.cat([theta, theta.new_full((b, 1), float("-inf"))], dim=1)
-            for blk in comp.blocks:
+            for blk in plan.blocks:
                 # x = fhat_p - lam[r->p] for every parent p of a block region r (DESIGN §1),
                 # one copy of the parent's table per (r, p), then the -inf padding entry
                 x = theta.index_select(1, blk.xpos)
@@ -1604,17 +1604,17 @@ class ConvexBP:
     def reparameterize(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """``fhat`` for all regions in the packed ``(B, T)`` layout; differentiable."""
         theta = self._resolve(pots, msgs).theta
-        comp = self._compiled(theta.device, theta.dtype)
-        fhat = theta.index_add(1, comp.fhat_tgt_in, msgs.index_select(1, comp.fhat_src_in))
+        plan = self._plan(theta.device, theta.dtype)
+        fhat = theta.index_add(1, plan.fhat_tgt_in, msgs.index_select(1, plan.fhat_src_in))
         return fhat.index_add(
-            1, comp.fhat_tgt_out, msgs.index_select(1, comp.fhat_src_out), alpha=-1
+            1, plan.fhat_tgt_out, msgs.index_select(1, plan.fhat_src_out), alpha=-1
         )
 
-    def _padded(self, fhat: Tensor) -> tuple[Tensor, _Compiled]:
-        comp = self._compiled(fhat.device, fhat.dtype)
+    def _padded(self, fhat: Tensor) -> tuple[Tensor, _Plan]:
+        plan = self._plan(fhat.device, fhat.dtype)
         neg = fhat.new_full((fhat.shape[0], 1), float("-inf"))
-        pad = torch.cat([fhat, neg], dim=1).index_select(1, comp.pad_idx.view(-1))
-        return pad.view(fhat.shape[0], *comp.pad_idx.shape), comp
+        pad = torch.cat([fhat, neg], dim=1).index_select(1, plan.pad_idx.view(-1))
+        return pad.view(fhat.shape[0], *plan.pad_idx.shape), plan
 
     def dual(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """The dual ``D(lam) = sum_r ĉ_r log sum_{y_r} exp(fhat_r(y_r) / ĉ_r)``.
@@ -1631,9 +1631,9 @@ class ConvexBP:
         """
         prep = self._resolve(pots, msgs)
         theta = prep.theta
-        comp = self._compiled(theta.device, theta.dtype)
-        if comp.dense is not None:
-            d = comp.dense
+        plan = self._plan(theta.device, theta.dtype)
+        if plan.dense is not None:
+            d = plan.dense
             if d.uniform and d.node_flags[2] and d.pair_flags[2]:
                 # every ĉ = 1 (no ĉ = 0 region): the custom Function and its shared-table forms,
                 # on the exp tables a sweep on this prepared object built (if any)
@@ -1654,11 +1654,11 @@ class ConvexBP:
                 pairs, d.pair_c_hat[:, None], d.pair_inv[..., None], d.pair_flags, pair_b
             )
             return node_d.sum(0) + pair_d.sum(0)
-        pad, comp = self._padded(self.reparameterize(prep, msgs))
+        pad, plan = self._padded(self.reparameterize(prep, msgs))
         bel = None
         if self._has_zero_regions:
-            bel = self._region_beliefs(pad.detach(), theta, msgs, comp)
-        per_region = self._soft_max(pad, comp.c_hat, comp.inv, comp.all_pos, comp.all_zero, bel)
+            bel = self._region_beliefs(pad.detach(), theta, msgs, plan)
+        per_region = self._soft_max(pad, plan.c_hat, plan.inv, plan.all_pos, plan.all_zero, bel)
         return per_region.sum(dim=1)
 
     @classmethod
@@ -1784,7 +1784,7 @@ class ConvexBP:
             )
         return node_b, pair_b
 
-    def _region_beliefs(self, pad: Tensor, theta: Tensor, msgs: Tensor, comp: _Compiled) -> Tensor:
+    def _region_beliefs(self, pad: Tensor, theta: Tensor, msgs: Tensor, plan: _Plan) -> Tensor:
         """Beliefs of all regions from their padded reparameterised scores ``(B, R, Smax)``.
 
         ``softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0`` (differentiable); where ``ĉ_r = 0``, regions
@@ -1793,12 +1793,12 @@ class ConvexBP:
         ``theta`` ``(B, T)`` (clamped) and ``msgs`` ``(B, M)``: what ``pad`` was computed from
         (read only for ĉ = 0 regions with parents).
         """
-        soft = _softmax_last(pad * comp.inv) if not comp.all_zero else None
-        if comp.all_pos:
+        soft = _softmax_last(pad * plan.inv) if not plan.all_zero else None
+        if plan.all_pos:
             return soft
         hard = _one_hot_argmax(pad, -1)
-        bel = hard if soft is None else torch.where((comp.c_hat > 0)[:, None], soft, hard)
-        if not comp.zero_levels:
+        bel = hard if soft is None else torch.where((plan.c_hat > 0)[:, None], soft, hard)
+        if not plan.zero_levels:
             return bel
         with torch.no_grad():
             b, smax = pad.shape[0], pad.shape[2]
@@ -1806,17 +1806,17 @@ class ConvexBP:
             # s_r(y) of TIE_RTOL: |f_r| + the |lam| summed into fhat_r + sum_p |max fhat_p| + 1
             ma = msgs.detach().abs()
             mags = theta.detach().abs()
-            mags = mags.index_add(1, comp.fhat_tgt_in, ma.index_select(1, comp.fhat_src_in))
-            mags = mags.index_add_(1, comp.fhat_tgt_out, ma.index_select(1, comp.fhat_src_out))
+            mags = mags.index_add(1, plan.fhat_tgt_in, ma.index_select(1, plan.fhat_src_in))
+            mags = mags.index_add_(1, plan.fhat_tgt_out, ma.index_select(1, plan.fhat_src_out))
             mags = torch.cat([mags, mags.new_zeros(b, 1)], dim=1)
-            mags = mags.index_select(1, comp.pad_idx.view(-1)).view(b, -1, smax)
+            mags = mags.index_select(1, plan.pad_idx.view(-1)).view(b, -1, smax)
             top = fh.amax(-1).abs_()  # (B, R)
             up = torch.zeros_like(top).index_add_(
-                1, comp.edge_child, top.index_select(1, comp.edge_parent)
+                1, plan.edge_child, top.index_select(1, plan.edge_parent)
             )
             mags += up.add_(1).unsqueeze(-1)
             out = bel.detach()
-            for lvl in comp.zero_levels:
+            for lvl in plan.zero_levels:
                 q = out.new_zeros(b, lvl.regions.numel() * smax)
                 q.index_add_(1, lvl.tgt, out.reshape(b, -1).index_select(1, lvl.src))
                 new = self._face_beliefs(
@@ -1827,13 +1827,13 @@ class ConvexBP:
                     -1,
                 )
                 out = out.index_copy(1, lvl.regions, new)
-            zero = torch.cat([lvl.regions for lvl in comp.zero_levels])
+            zero = torch.cat([lvl.regions for lvl in plan.zero_levels])
             new = out.index_select(1, zero)
         return bel.index_copy(1, zero, new)
 
-    def _padded_beliefs(self, prep: PreparedPotentials, msgs: Tensor) -> tuple[Tensor, _Compiled]:
-        pad, comp = self._padded(self.reparameterize(prep, msgs))
-        return self._region_beliefs(pad, prep.theta, msgs, comp), comp
+    def _padded_beliefs(self, prep: PreparedPotentials, msgs: Tensor) -> tuple[Tensor, _Plan]:
+        pad, plan = self._padded(self.reparameterize(prep, msgs))
+        return self._region_beliefs(pad, prep.theta, msgs, plan), plan
 
     def beliefs(self, pots: PotentialsLike, msgs: Tensor) -> list[Tensor]:
         """Region beliefs: ``b_r = softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0``.
@@ -1880,9 +1880,9 @@ class ConvexBP:
         """
         prep = self._resolve(pots, msgs)
         theta = prep.theta
-        comp = self._compiled(theta.device, theta.dtype)
-        if comp.dense is not None:
-            d = comp.dense
+        plan = self._plan(theta.device, theta.dtype)
+        if plan.dense is not None:
+            d = plan.dense
             fnode, fpair, raw, lam = self._dense_fhat(theta, msgs, d)
             nodes = fnode.permute(2, 0, 1)
             all_pos, all_zero, _ = d.node_flags
@@ -1891,14 +1891,14 @@ class ConvexBP:
                 return soft
             other = self._dense_beliefs(d, fnode, fpair, raw, lam)[0].permute(2, 0, 1)
             return other if soft is None else torch.where((d.node_c_hat > 0)[:, None], soft, other)
-        pad, comp = self._padded_beliefs(prep, msgs)
+        pad, plan = self._padded_beliefs(prep, msgs)
         b = pad.shape[0]
-        flat = pad.reshape(b, -1).index_select(1, comp.var_src)
+        flat = pad.reshape(b, -1).index_select(1, plan.var_src)
         nv = int(sum(self.graph.num_states))
-        out = pad.new_zeros(b, nv + 1).index_add(1, comp.var_tgt, flat)
+        out = pad.new_zeros(b, nv + 1).index_add(1, plan.var_tgt, flat)
         if self._np["missing_vars"]:
-            out = out + comp.var_fill
-        return out.index_select(1, comp.var_pad_idx.view(-1)).view(b, *comp.var_pad_idx.shape)
+            out = out + plan.var_fill
+        return out.index_select(1, plan.var_pad_idx.view(-1)).view(b, *plan.var_pad_idx.shape)
 
     def decode(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """Marginal decoding: argmax of each variable's belief (first state on ties).
@@ -1934,7 +1934,7 @@ class ConvexBP:
             raise ValueError(
                 f"labels have batch size {labels.shape[0]} but potentials {theta.shape[0]}"
             )
-        comp = self._compiled(theta.device, theta.dtype)
+        plan = self._plan(theta.device, theta.dtype)
         labels = labels.long().to(theta.device)
         ks = torch.as_tensor(g.num_states, device=theta.device)
         bad = ((labels < 0) | (labels >= ks)).any()
@@ -1946,7 +1946,7 @@ class ConvexBP:
         # leave the CUDA context unusable.
         if bool(bad):
             raise ValueError(msg)
-        picked = labels.index_select(1, comp.score_vars.view(-1)).view(-1, *comp.score_vars.shape)
-        idx = comp.score_base + (picked * comp.score_strides).sum(-1)
+        picked = labels.index_select(1, plan.score_vars.view(-1)).view(-1, *plan.score_vars.shape)
+        idx = plan.score_base + (picked * plan.score_strides).sum(-1)
         # clamping the picked entries equals picking from the clamped table (elementwise)
         return theta.gather(1, idx).clamp_min(NEG_INF).sum(dim=1)
