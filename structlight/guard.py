@@ -84,6 +84,16 @@ class _StepRecord:
 
 
 @dataclass
+class _Undo:
+    """Deferred mode: a step's flag and the state it changes, copied just before it."""
+
+    found: Tensor  # 0-d bool: the step is bad
+    params: Sequence[Tensor]
+    optimizer: Any
+    saved: list[tuple[Tensor, Tensor]]  # (tensor the step changes, its copy)
+
+
+@dataclass
 class _Batch:
     flags: list[Tensor] = field(default_factory=list)  # 0-d bool per cause, same order
     bad_rows: list[Tensor] = field(default_factory=list)
@@ -145,9 +155,8 @@ class NonFiniteGuard:
         self._skipped: Tensor | int = 0
         self._consecutive: Tensor | int = 0
         self._records: list[_StepRecord] = []
-        self._snapshot: list[tuple[Tensor, Tensor | None]] | None = None
-        self._found: Tensor | None = None
-        self._stepping: tuple[Sequence[Tensor], Any] | None = None
+        # deferred mode, between before_step and after_step: what undoing the step needs
+        self._undo: _Undo | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -248,17 +257,12 @@ class NonFiniteGuard:
         batch, self._batch = self._batch, _Batch()
         grads = [p.grad for p in params if p.grad is not None]
         device = params[0].device if params else torch.device("cpu")
-        flags = [torch.stack(batch.flags).any(dim=0)] if batch.flags else []
-        grad_flag = _any_nonfinite(grads, device)
-        per_cause = torch.cat(
-            [
-                flags[0].to(device)
-                if flags
-                else torch.zeros(len(_CAUSES) - 1, dtype=torch.bool, device=device),
-                grad_flag.reshape(1),
-            ]
-        )
-        per_cause = _all_reduce_any(per_cause)
+        if batch.flags:
+            batch_flags = torch.stack(batch.flags).any(dim=0).to(device)
+        else:
+            batch_flags = torch.zeros(len(_CAUSES) - 1, dtype=torch.bool, device=device)
+        grad_flag = _any_nonfinite(grads, device).reshape(1)
+        per_cause = _all_reduce_any(torch.cat([batch_flags, grad_flag]))
         found = per_cause.any()
         bad_rows = torch.cat(batch.bad_rows) if batch.bad_rows else None
         index = (
@@ -276,40 +280,25 @@ class NonFiniteGuard:
         for w in batch.writes:
             keep = found.to(w.new.device)
             w.store.scatter(w.index, torch.where(keep, w.old.to(w.new.dtype), w.new))
-        self._found = found
-        self._stepping = (params, optimizer)
-        self._snapshot = [
-            (t, t.detach().clone() if t is not None else None)
-            for t in _step_tensors(params, optimizer)
-        ]
-        self._skipped = found.long() + (
-            self._skipped
-            if isinstance(self._skipped, Tensor)
-            else torch.tensor(self._skipped, device=device)
-        )
-        prev = (
-            self._consecutive
-            if isinstance(self._consecutive, Tensor)
-            else torch.tensor(self._consecutive, device=device)
-        )
-        self._consecutive = (prev + 1) * found.long()
+        saved = [(t, t.detach().clone()) for t in _step_tensors(params, optimizer)]
+        self._undo = _Undo(found, params, optimizer, saved)
+        self._skipped = torch.as_tensor(self._skipped, device=device) + found.long()
+        self._consecutive = (torch.as_tensor(self._consecutive, device=device) + 1) * found.long()
         self._records.append(_StepRecord(step, per_cause, bad_rows, index))
         return True
 
     def after_step(self) -> None:
         """Deferred mode: undo the optimizer step if the step was bad (on the device)."""
-        if self._snapshot is None or self._found is None or self._stepping is None:
+        undo, self._undo = self._undo, None
+        if undo is None:
             return
-        snapshot, found, (params, optimizer) = self._snapshot, self._found, self._stepping
-        self._snapshot, self._found, self._stepping = None, None, None
-        before = {id(t) for t, _ in snapshot}
+        before = {id(t) for t, _ in undo.saved}
         with torch.no_grad():
-            for t, saved in snapshot:
-                if saved is not None:
-                    t.copy_(torch.where(found.to(t.device), saved, t))
-            for t in _step_tensors(params, optimizer):
-                if t is not None and id(t) not in before:  # created by this (first) step
-                    t.copy_(torch.where(found.to(t.device), torch.zeros_like(t), t))
+            for t, saved in undo.saved:
+                t.copy_(torch.where(undo.found.to(t.device), saved, t))
+            for t in _step_tensors(undo.params, undo.optimizer):
+                if id(t) not in before:  # created by this (first) step
+                    t.copy_(torch.where(undo.found.to(t.device), torch.zeros_like(t), t))
 
     def report(self) -> None:
         """Deferred mode: read the flags recorded since the last call (a host sync), warn about

@@ -49,7 +49,7 @@ and the same under ``test/``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -256,9 +256,6 @@ class DeepStructuredModel(pl.LightningModule):
         """Whether training reads and writes the head's message store (blending, structured)."""
         return self.strategy_spec.uses_structure and self.head.blend
 
-    def _uses_store(self) -> bool:
-        return self.uses_message_store
-
     def _size_store(self, num_examples: int | None) -> None:
         if num_examples is None:
             return
@@ -277,7 +274,7 @@ class DeepStructuredModel(pl.LightningModule):
             RuntimeError: a run over several processes without a ``MessageStoreSync`` callback
                 (a subclass's ``configure_callbacks`` that leaves it out).
         """
-        if stage != "fit" or not self._uses_store() or attached_trainer(self) is None:
+        if stage != "fit" or not self.uses_message_store or attached_trainer(self) is None:
             return
         trainer = self.trainer
         if int(trainer.world_size) > 1 and not any(
@@ -292,13 +289,7 @@ class DeepStructuredModel(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             return  # dataloaders passed to fit(): sized in on_train_start
-        n = getattr(dm, "num_train_examples", None)
-        if n is None:
-            try:
-                n = len(dm.train_dataloader().dataset)
-            except (TypeError, AttributeError, NotImplementedError):
-                n = None
-        self._size_store(n)
+        self._size_store(self._num_train_examples(dm.train_dataloader))
 
     def on_fit_start(self) -> None:
         """Load the unary checkpoint (``piecewise``, ``pretrain_joint``) unless resuming."""
@@ -307,25 +298,26 @@ class DeepStructuredModel(pl.LightningModule):
                 raise ValueError(f"strategy={self.training_strategy!r} needs unary_checkpoint")
             self.load_unary_checkpoint(self.unary_checkpoint)
 
-    def _num_train_examples(self) -> int | None:
-        """Training examples, from the datamodule's ``num_train_examples`` or the loader."""
+    def _num_train_examples(self, loader: Callable[[], Any]) -> int | None:
+        """Training examples: the datamodule's ``num_train_examples``, else the length of
+        ``loader()``'s dataset (None if it has none)."""
         dm = self.trainer.datamodule
         n = getattr(dm, "num_train_examples", None) if dm is not None else None
         if n is not None:
             return int(n)
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         try:
+            dataset = getattr(loader(), "dataset", None)
             return len(dataset) if dataset is not None else None
-        except TypeError:
+        except (TypeError, AttributeError, NotImplementedError):
             return None
 
     def on_train_start(self) -> None:
         """Size the message store from the training dataloader if ``setup`` could not, and check
         that a store restored from a checkpoint covers the training data."""
-        if not self._uses_store():
+        if not self.uses_message_store:
             return
         store = self.head.store
-        n = self._num_train_examples()
+        n = self._num_train_examples(lambda: self.trainer.train_dataloader)
         if store.num_examples == 0:
             if n is None:
                 raise ValueError(
