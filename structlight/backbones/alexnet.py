@@ -1,14 +1,13 @@
-"""Backbone networks that compute features for the unary (and pairwise) potentials.
+"""AlexNet, in BVLC Caffe's and torchvision's layouts, and the loading of its weight files.
 
-* :class:`AlexNet`: the ImageNet network the paper fine-tunes on MIRFLICKR-25000, in two layouts:
-  ``"caffe"`` (BVLC AlexNet as the paper used it: grouped convolutions, local response
-  normalisation, 96-256-384-384-256 filters) and ``"torchvision"`` (torchvision's single-tower
-  variant, 64-192-384-256-256 filters, no normalisation). Both return the 4096 fc7 features by
-  default; the structured head adds its own top layer (4096-76 for the 38 Flickr tags).
-* :class:`SmallConvNet`: a tiny random convolutional network for tests and smoke runs.
-* :class:`PerPosition`: applies one module to every position of a sequence (Word50's characters).
+* :class:`AlexNet`: the ImageNet network the paper fine-tunes on MIRFLICKR-25000, returning the
+  4096 fc7 features by default; :meth:`AlexNet.load_weights` reads a local state dict and says
+  how a file that does not fit differs from the network.
+* The layouts' layer stacks (``_caffe_features`` and ``_caffe_classifier``,
+  ``_torchvision_features`` and ``_torchvision_classifier``).
+* :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`, the input normalisation both layouts expect.
 
-Pretrained weights are only ever read from a local file the user names; nothing is downloaded.
+Converting BVLC's Caffe weights is in :mod:`structlight.backbones.caffe_weights`.
 """
 
 from __future__ import annotations
@@ -20,28 +19,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "AlexNet",
-    "CAFFE_MEAN_BGR",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "PerPosition",
-    "SmallConvNet",
-    "caffe_alexnet_state_dict",
-]
+__all__ = ["FC7_FEATURES", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNet"]
 
 #: ImageNet channel mean and standard deviation (RGB, pixel values in [0, 1]); the inputs
 #: both AlexNet variants expect, and what ``datamodules.flickr`` normalises with.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-#: Per-channel mean (BGR, pixel values in [0, 255]) of BVLC's ``ilsvrc_2012_mean.binaryproto``,
-#: which Caffe subtracts from its inputs; used to fold Caffe's input convention into conv1.
-CAFFE_MEAN_BGR: tuple[float, float, float] = (104.00698793, 116.66876762, 122.67891434)
 
 #: Features AlexNet's fc7 layer produces.
 FC7_FEATURES = 4096
@@ -60,19 +46,6 @@ _WEIGHTS_HELP = {
         "structlight.backbones.caffe_alexnet_state_dict and saved with torch.save"
     ),
 }
-
-# The layers of the Caffe layout that carry weights, as (BVLC layer name, parent module): the
-# names are BVLC's, so a Caffe blob dict converts one to one.
-_CAFFE_LAYERS: tuple[tuple[str, str], ...] = (
-    ("conv1", "features"),
-    ("conv2", "features"),
-    ("conv3", "features"),
-    ("conv4", "features"),
-    ("conv5", "features"),
-    ("fc6", "classifier"),
-    ("fc7", "classifier"),
-    ("fc8", "classifier"),
-)
 
 
 def _caffe_features() -> nn.Sequential:
@@ -369,187 +342,3 @@ def _guess_variant(state: Mapping[str, Tensor]) -> str | None:
     if "features.0.weight" in state:
         return "torchvision"
     return None
-
-
-def caffe_alexnet_state_dict(
-    blobs: Mapping[str, Sequence[np.ndarray] | Mapping[str, np.ndarray]],
-    *,
-    fold_input_normalisation: bool = True,
-    caffe_mean_bgr: Sequence[float] = CAFFE_MEAN_BGR,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> dict[str, Tensor]:
-    """Convert BVLC Caffe AlexNet weights to a state dict for ``AlexNet(variant="caffe")``.
-
-    Caffe's blob shapes are PyTorch's (conv ``(out, in/groups, kh, kw)``, inner product
-    ``(out, in)``, pool5 flattened channel-major), so the weights copy over unchanged, except
-    for the input convention: BVLC's network reads BGR images in [0, 255] with the mean image
-    subtracted, while structlight feeds RGB in [0, 1] normalised by ImageNet mean and std. With
-    ``fold_input_normalisation`` (default) conv1 absorbs the difference exactly (conv1 has no
-    padding): its input channels are reversed and scaled by ``255 * std``, and its bias takes
-    ``sum W * (255 * mean - caffe_mean)``. The per-channel Caffe mean stands in for the mean
-    image, as is customary.
-
-    Getting the blobs, with pycaffe (``caffe.Net(deploy.prototxt, bvlc_alexnet.caffemodel,
-    caffe.TEST)``)::
-
-        blobs = {name: [b.data.copy() for b in p] for name, p in net.params.items()}
-        torch.save(caffe_alexnet_state_dict(blobs), "alexnet_caffe.pt")
-
-    or, without Caffe, by parsing the ``.caffemodel`` protobuf (``caffe_pb2.NetParameter``) and
-    reshaping each layer's ``blobs[i].data`` to ``blobs[i].shape.dim``.
-
-    Args:
-        blobs: per Caffe layer name (``conv1`` .. ``conv5``, ``fc6``, ``fc7``, optionally
-            ``fc8``), either a ``[weight, bias]`` sequence or ``{"weight": .., "bias": ..}``.
-            Other layers are ignored.
-        fold_input_normalisation: fold Caffe's input convention into conv1 (see above). Turn
-            it off only if you feed the network Caffe-style BGR 0-255 inputs yourself.
-        caffe_mean_bgr: the mean Caffe subtracts, BGR, in [0, 255].
-        mean: the RGB mean the inputs were normalised with, in [0, 1].
-        std: the RGB standard deviation the inputs were normalised with.
-
-    Returns:
-        A state dict for ``AlexNet(variant="caffe")`` (with ``num_classes=1000`` if ``fc8`` is
-        given; :meth:`AlexNet.load_weights` ignores fc8 otherwise).
-
-    Raises:
-        ValueError: a layer is missing or has the wrong shape.
-    """
-    with torch.device("meta"):  # shapes only, no memory, no initialisation cost
-        reference = AlexNet("caffe", num_classes=1000).state_dict()
-    state: dict[str, Tensor] = {}
-    for name, parent in _CAFFE_LAYERS:
-        if name not in blobs:
-            if name == "fc8":
-                continue
-            raise ValueError(
-                f"caffe_alexnet_state_dict: no blobs for layer {name!r}; expected BVLC AlexNet "
-                f"layers conv1..conv5, fc6, fc7 (fc8 optional), got {sorted(blobs)}"
-            )
-        layer = blobs[name]
-        if isinstance(layer, Mapping):
-            pair = (layer.get("weight"), layer.get("bias"))
-        else:
-            pair = tuple(layer)[:2] if len(layer) >= 2 else (None, None)
-        for part, array in zip(("weight", "bias"), pair, strict=True):
-            key = f"{parent}.{name}.{part}"
-            if array is None:
-                raise ValueError(f"caffe_alexnet_state_dict: layer {name!r} has no {part} blob")
-            tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
-            expected = reference[key].shape
-            if tensor.numel() != expected.numel():
-                raise ValueError(
-                    f"caffe_alexnet_state_dict: {name} {part} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(expected)} (BVLC AlexNet)"
-                )
-            state[key] = tensor.reshape(expected).clone()
-    if fold_input_normalisation:
-        w = state["features.conv1.weight"].flip(1)  # BGR input channels -> RGB
-        std_t = torch.tensor(list(std), dtype=torch.float32)
-        offset = 255.0 * torch.tensor(list(mean), dtype=torch.float32) - torch.tensor(
-            list(caffe_mean_bgr), dtype=torch.float32
-        ).flip(0)
-        state["features.conv1.bias"] = state["features.conv1.bias"] + torch.einsum(
-            "ochw,c->o", w, offset
-        )
-        state["features.conv1.weight"] = w * (255.0 * std_t).view(1, 3, 1, 1)
-    return state
-
-
-class SmallConvNet(nn.Module):
-    """A tiny random convolutional backbone for tests and smoke runs.
-
-    Three stride-2 3x3 convolutions with ReLU (``width``, ``2 * width``, ``4 * width`` channels),
-    an adaptive average pool to 2x2 and a linear layer with ReLU, so any input size of at least
-    8x8 works.
-
-    Args:
-        out_features: size of the output feature vector.
-        in_channels: channels of the input images.
-        width: channels of the first convolution.
-
-    Shape:
-        - input: ``(B, in_channels, H, W)``.
-        - output: ``(B, out_features)``, non-negative (after ReLU, like AlexNet's fc7).
-    """
-
-    def __init__(self, out_features: int = 64, in_channels: int = 3, width: int = 8) -> None:
-        super().__init__()
-        for name, value in (
-            ("out_features", out_features),
-            ("in_channels", in_channels),
-            ("width", width),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SmallConvNet {name} must be a positive int, got {value!r}")
-        self.out_features = out_features
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, kernel_size=3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(2 * width, 4 * width, kernel_size=3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d((2, 2)),
-        )
-        self.fc = nn.Linear(4 * width * 4, out_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Compute features.
-
-        Args:
-            x: ``(B, in_channels, H, W)`` images.
-
-        Returns:
-            ``(B, out_features)`` features.
-        """
-        return torch.relu(self.fc(torch.flatten(self.features(x), 1)))
-
-
-class PerPosition(nn.Module):
-    """Apply one module to every position of a batch of sequences, sharing its weights.
-
-    The positions are folded into the batch: ``(B, N, *rest) -> (B * N, *rest) -> module ->
-    (B * N, *out) -> (B, N, *out)``. Word50 uses it to run the same character MLP on each of a
-    word's five 28x28 images.
-
-    Args:
-        module: maps ``(M, *rest)`` to ``(M, *out)``; its ``out_features`` attribute, if any,
-            is exposed as this wrapper's.
-
-    Shape:
-        - input: ``(B, N, *rest)``.
-        - output: ``(B, N, *out)``, e.g. ``(B, N, F)``.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"PerPosition wraps an nn.Module, got {type(module).__name__}")
-        self.module = module
-        out = getattr(module, "out_features", None)
-        if out is not None:
-            self.out_features = out
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the module at every position.
-
-        Args:
-            x: ``(B, N, *rest)``.
-
-        Returns:
-            ``(B, N, *out)``.
-        """
-        if x.dim() < 2:
-            raise ValueError(
-                f"PerPosition expects input of shape (B, N, *rest); got {tuple(x.shape)}"
-            )
-        batch, positions = x.shape[:2]
-        y = self.module(x.reshape(batch * positions, *x.shape[2:]))
-        if y.dim() < 1 or y.shape[0] != batch * positions:
-            raise ValueError(
-                f"PerPosition: the wrapped module returned shape {tuple(y.shape)} for "
-                f"{batch * positions} inputs; expected a leading dimension of {batch * positions}"
-            )
-        return y.reshape(batch, positions, *y.shape[1:])
