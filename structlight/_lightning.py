@@ -1,10 +1,11 @@
 """Every use of Lightning's private internals in structlight, in one place, checked at import.
 
-Exact resume, the sharded training sampler and the atomic checkpoint writes need a few things
-Lightning does not expose publicly. Each is reached through one small function here, documented
-with what it reads or writes, so that a Lightning upgrade that moves one of them breaks here,
-loudly, and ``tests/test_lightning_compat.py`` (which runs every function against a real
-:class:`~lightning.pytorch.Trainer`) names the one that changed.
+Exact resume, the sharded training sampler, the atomic checkpoint writes and the ``structlight``
+command's ``--ckpt_path`` check need a few things Lightning does not expose publicly. Each is
+reached through one small function here, documented with what it reads or writes, so that a
+Lightning upgrade that moves one of them breaks here, loudly, and
+``tests/test_lightning_compat.py`` (which runs every function against a real
+:class:`~lightning.pytorch.Trainer` or ``LightningCLI``) names the one that changed.
 
 At import the installed Lightning version must be at least :data:`MIN_VERSION` (else
 :class:`LightningCompatError`) and the private classes and class attributes used here must exist
@@ -16,11 +17,13 @@ a warning. Instance attributes are checked when used: a missing one raises
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import lightning
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
 
 __all__ = [
     "MIN_VERSION",
@@ -28,6 +31,7 @@ __all__ = [
     "DataLoaderSource",
     "LightningCompatError",
     "attached_trainer",
+    "check_before_ckpt_hparams",
     "clear_fit_restarting",
     "epoch_position",
     "epochs_completed",
@@ -95,6 +99,8 @@ if not callable(getattr(ModelCheckpoint, "_save_checkpoint", None)):
     raise _fail("ModelCheckpoint._save_checkpoint (the method that writes a checkpoint file)")
 if not hasattr(DataLoaderSource, "dataloader"):
     raise _fail("_DataLoaderSource.dataloader")
+if not callable(getattr(LightningCLI, "_parse_ckpt_path", None)):
+    raise _fail("LightningCLI._parse_ckpt_path (the method that reads --ckpt_path's arguments)")
 
 
 def _get(obj: Any, name: str, where: str) -> Any:
@@ -257,3 +263,40 @@ def mark_checkpoint_saved(callback: ModelCheckpoint, trainer: pl.Trainer, filepa
     _require(callback, "_last_checkpoint_saved", "ModelCheckpoint")
     callback._last_global_step_saved = trainer.global_step
     callback._last_checkpoint_saved = filepath
+
+
+# ---------------------------------------------------------------------------- LightningCLI
+CLIClass = TypeVar("CLIClass", bound=type[LightningCLI])
+
+
+def check_before_ckpt_hparams(
+    check: Callable[[LightningCLI], None],
+) -> Callable[[CLIClass], CLIClass]:
+    """Class decorator: a LightningCLI subclass calls ``check(cli)`` before loading ``--ckpt_path``.
+
+    ``LightningCLI.__init__`` parses the command line and then, before building anything, loads
+    the subcommand's ``--ckpt_path`` to read the model's arguments from its hyperparameters;
+    ``check`` runs between the two (it sees the parsed ``cli.config``, and an error it raises
+    stops the command before the file is loaded).
+
+    Overrides ``LightningCLI._parse_ckpt_path`` (the method that loads the file) in the
+    decorated class: ``check(cli)``, then the inherited method.
+
+    Args:
+        check: called with the CLI being built.
+
+    Returns:
+        The decorator; it returns the class it is given, changed in place.
+    """
+
+    def decorate(cli_class: CLIClass) -> CLIClass:
+        _require(cli_class, "_parse_ckpt_path", "LightningCLI")
+
+        def _parse_ckpt_path(self: LightningCLI) -> None:
+            check(self)
+            super(cli_class, self)._parse_ckpt_path()
+
+        cli_class._parse_ckpt_path = _parse_ckpt_path
+        return cli_class
+
+    return decorate

@@ -52,6 +52,7 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from structlight._lightning import check_before_ckpt_hparams
 from structlight.checkpointing import (
     CheckpointFileError,
     CheckpointNotFoundError,
@@ -124,6 +125,25 @@ def default_callbacks() -> list[Callback]:
     ]
 
 
+def _setting(cli: LightningCLI, key: str, default: Any = None) -> Any:
+    """``key`` of the instantiated config: the subcommand's, or the whole one without one."""
+    return cli.config_init.get(str(cli.subcommand), cli.config_init).get(key, default)
+
+
+def _check_ckpt_path(cli: LightningCLI) -> None:
+    """Check ``--ckpt_path`` before LightningCLI reads the model's arguments from it.
+
+    Raises:
+        CheckpointNotFoundError, CheckpointFileError: the path is not a complete checkpoint
+            (names other than :data:`_SPECIAL_CKPT` are files).
+    """
+    sub = cli.config.get("subcommand")
+    path = cli.config[sub].get("ckpt_path") if sub else None
+    if path is not None and str(path) not in _SPECIAL_CKPT:
+        check_checkpoint(path)
+
+
+@check_before_ckpt_hparams(_check_ckpt_path)
 class StructlightCLI(LightningCLI):
     """LightningCLI with structlight's defaults (logger, callbacks, checkpoint group).
 
@@ -151,21 +171,13 @@ class StructlightCLI(LightningCLI):
             "and logs are deleted) instead of refusing to start",
         )
 
-    def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before LightningCLI reads the model's arguments from it."""
-        sub = self.config.get("subcommand")
-        path = self.config[sub].get("ckpt_path") if sub else None
-        if path is not None and str(path) not in _SPECIAL_CKPT:
-            check_checkpoint(path)
-        super()._parse_ckpt_path()
-
     def _ckpt_path(self) -> str | None:
-        value = self._get(self.config_init, "ckpt_path", default=None)
+        value = _setting(self, "ckpt_path")
         return None if value is None else str(value)
 
     def before_fit(self) -> None:
         """Claim the run directory (or refuse, naming it) before anything is written."""
-        overwrite = bool(self._get(self.config_init, "overwrite", default=False))
+        overwrite = bool(_setting(self, "overwrite", False))
         claim_run_dir(self.trainer, self._ckpt_path(), overwrite=overwrite)
         # the saved config.yaml describes the run; replacing an older one was a one-off choice
         config = self.config.get(str(self.subcommand), self.config)
@@ -174,7 +186,7 @@ class StructlightCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer; the progress bar is dropped when the config disables it."""
-        cfg = self._get(self.config_init, "trainer", default={})
+        cfg = _setting(self, "trainer", {})
         if cfg.get("enable_progress_bar") is False:
             self.trainer_defaults["callbacks"] = [
                 c

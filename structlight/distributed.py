@@ -350,7 +350,7 @@ def gather_store(
             f"{dist.get_world_size()}"
         )
     local = store.messages
-    n, m, w, r = store.num_examples, store.num_messages, store.world_size, store.rank
+    n, m, w, r = store.num_examples, store.num_message_entries, store.world_size, store.rank
     device = _comm_device()
     rows_max = shard_size(n, w, 0)
     chunk = max(1, chunk_bytes // max(1, m * local.element_size()))
@@ -384,5 +384,5 @@ def message_bytes_per_example(
         store_or_m: a store, or ``M`` (``ConvexBP(graph).num_message_entries``).
         dtype: storage type (float32 by default, 4 bytes).
     """
-    m = store_or_m.num_messages if isinstance(store_or_m, MessageStore) else int(store_or_m)
+    m = store_or_m.num_message_entries if isinstance(store_or_m, MessageStore) else int(store_or_m)
     return m * torch.empty(0, dtype=dtype).element_size()

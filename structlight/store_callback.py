@@ -130,7 +130,7 @@ class MessageStoreSync(Callback):
                     state[prefix + "messages"] = full
             info[name] = {
                 "num_examples": store.num_examples,
-                "num_messages": store.num_messages,
+                "num_message_entries": store.num_message_entries,
                 "world_size": int(trainer.world_size) if trainer is not None else 1,
                 "sharding": "example i on rank i % world_size",
             }

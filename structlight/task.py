@@ -9,8 +9,9 @@ training step (DESIGN §2, the paper's Fig. 3):
    written back (or, ``blend=False``, restart at zero for up to 20 sweeps);
 3. ``loss = mean_b (D_b - F(x_b, y*_b))`` with the messages detached; backward; optimizer step.
 
-Validation and test run ``val_sweeps`` sweeps (default 10, as the paper) from zero messages and
-decode each variable's belief; ``predict_step`` returns ``{"labels", "marginals"}``.
+Validation, test and prediction are in :mod:`structlight.evaluation`; the optimizer, the
+scheduler, the regularisers and the guard's place in the step in :mod:`structlight.optimisation`;
+the hooks that size the message store and add its callback in :mod:`structlight.store_hooks`.
 
 The paper's four strategies (``strategy``; each defined once in
 :data:`structlight.strategies.STRATEGIES`):
@@ -24,15 +25,9 @@ The paper's four strategies (``strategy``; each defined once in
   paper lowers the step size to 0.001 here: set it in the optimizer's config).
 
 Halving the step size when validation accuracy drops (the paper's schedule) is a config choice:
-``lr_scheduler: ReduceLROnPlateau(mode=max, factor=0.5, patience=0)``, monitoring
-``scheduler_monitor`` (default: :attr:`DeepStructuredModel.monitor`, ``val/word_acc`` for
-sequences, ``val/hamming_error`` for multi-label tasks).
-
-Regularisers: 2-norm via the optimizer's ``weight_decay`` or ``l2_weight`` (adds
-``l2_weight / 2 * ||w||^2`` of the trainable parameters to the loss); infinity-norm as a
-constraint ``||w||_inf <= linf_bound``, enforced by clamping after every optimizer step
-(projected subgradient descent) on the pairwise parameters (``linf_scope="pairwise"``) or on all
-trainable ones.
+``lr_scheduler: ReduceLROnPlateau(mode=max, factor=0.5, patience=0)``. Regularisers: 2-norm
+(``l2_weight`` or the optimizer's ``weight_decay``) and an infinity-norm bound (``linf_bound``);
+see :mod:`structlight.optimisation`.
 
 Data parallelism (``Trainer(strategy="ddp")``, any number of GPUs and nodes) needs no wiring:
 the model adds :class:`structlight.store_callback.MessageStoreSync` to its trainer
@@ -49,7 +44,7 @@ and the same under ``test/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,11 +55,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from structlight._lightning import attached_trainer
+from structlight.evaluation import EvaluationSteps
 from structlight.guard import GuardMode, NonFiniteGuard
 from structlight.head import StructuredHead, StructuredLoss
 from structlight.metrics import task_metrics
-from structlight.store import MessageStore
-from structlight.store_callback import MessageStoreSync, message_stores
+from structlight.optimisation import DEFAULT_LR as DEFAULT_LR  # importable from here too
+from structlight.optimisation import DEFAULT_MOMENTUM as DEFAULT_MOMENTUM
+from structlight.optimisation import OptimisationHooks
+from structlight.store_callback import MessageStoreSync
+from structlight.store_hooks import MessageStoreHooks
 from structlight.strategies import (
     STRATEGIES,
     Strategy,
@@ -78,12 +77,10 @@ __all__ = ["DeepStructuredModel", "Strategy"]
 _STRATEGIES = tuple(STRATEGIES)
 _NEEDS_UNARY = tuple(n for n, s in STRATEGIES.items() if s.needs_unary_checkpoint)
 
-#: The paper's Word50 optimiser, used when no ``optimizer`` is configured.
-DEFAULT_LR = 0.01
-DEFAULT_MOMENTUM = 0.95
 
-
-class DeepStructuredModel(pl.LightningModule):
+class DeepStructuredModel(
+    MessageStoreHooks, EvaluationSteps, OptimisationHooks, pl.LightningModule
+):
     """A backbone and a structured head, trained by blending learning and inference.
 
     Args:
@@ -250,116 +247,13 @@ class DeepStructuredModel(pl.LightningModule):
                 m.eval()
         return self
 
-    # ------------------------------------------------------------------ store sizing
-    @property
-    def uses_message_store(self) -> bool:
-        """Whether training reads and writes the head's message store (blending, structured)."""
-        return self.strategy_spec.uses_structure and self.head.blend
-
-    def _size_store(self, num_examples: int | None) -> None:
-        if num_examples is None:
-            return
-        if self.head.store.num_examples < num_examples:
-            self.head.store.resize(int(num_examples))
-
-    def setup(self, stage: str) -> None:
-        """Size the message store from the datamodule (``num_train_examples`` or its length).
-
-        With more than one process (``trainer.world_size > 1``, e.g. ``strategy="ddp"``),
-        :class:`~structlight.store_callback.MessageStoreSync` has sharded the store (example
-        ``i`` on rank ``i % world_size``) and installed
-        :class:`structlight.distributed.ShardedSampler` in the training loader just before.
-
-        Raises:
-            RuntimeError: a run over several processes without a ``MessageStoreSync`` callback
-                (a subclass's ``configure_callbacks`` that leaves it out).
-        """
-        if stage != "fit" or not self.uses_message_store or attached_trainer(self) is None:
-            return
-        trainer = self.trainer
-        if int(trainer.world_size) > 1 and not any(
-            isinstance(c, MessageStoreSync) for c in trainer.callbacks
-        ):
-            raise RuntimeError(
-                "data parallel training with a message store needs the "
-                "structlight.store_callback.MessageStoreSync callback, which "
-                "DeepStructuredModel.configure_callbacks returns: call super() in an "
-                "overriding configure_callbacks"
-            )
-        dm = self.trainer.datamodule
-        if dm is None:
-            return  # dataloaders passed to fit(): sized in on_train_start
-        self._size_store(self._num_train_examples(dm.train_dataloader))
-
+    # ------------------------------------------------------------------ checkpoints
     def on_fit_start(self) -> None:
         """Load the unary checkpoint (``piecewise``, ``pretrain_joint``) unless resuming."""
         if self.strategy_spec.needs_unary_checkpoint and not self._unary_loaded:
             if not self.unary_checkpoint:
                 raise ValueError(f"strategy={self.training_strategy!r} needs unary_checkpoint")
             self.load_unary_checkpoint(self.unary_checkpoint)
-
-    def _num_train_examples(self, loader: Callable[[], Any]) -> int | None:
-        """Training examples: the datamodule's ``num_train_examples``, else the length of
-        ``loader()``'s dataset (None if it has none)."""
-        dm = self.trainer.datamodule
-        n = getattr(dm, "num_train_examples", None) if dm is not None else None
-        if n is not None:
-            return int(n)
-        try:
-            dataset = getattr(loader(), "dataset", None)
-            return len(dataset) if dataset is not None else None
-        except (TypeError, AttributeError, NotImplementedError):
-            return None
-
-    def on_train_start(self) -> None:
-        """Size the message store from the training dataloader if ``setup`` could not, and check
-        that a store restored from a checkpoint covers the training data."""
-        if not self.uses_message_store:
-            return
-        store = self.head.store
-        n = self._num_train_examples(lambda: self.trainer.train_dataloader)
-        if store.num_examples == 0:
-            if n is None:
-                raise ValueError(
-                    "cannot size the message store: the training data has no length; pass "
-                    "num_train_examples to the head (or give the datamodule a "
-                    "num_train_examples attribute)"
-                )
-            self._size_store(n)
-        elif n is not None and store.num_examples < n:
-            ckpt = self.trainer.ckpt_path
-            source = (
-                f"the checkpoint '{ckpt}' holds messages for {store.num_examples} training examples"
-                if ckpt
-                else f"the message store has {store.num_examples} slots (num_train_examples)"
-            )
-            raise ValueError(
-                f"{source}, but the training data has {n}: "
-                + (
-                    "it was trained on another data set (or another split size). Resume with the "
-                    "data it was trained on, or start a new run without --ckpt_path"
-                    if ckpt
-                    else "size the store for the whole training set"
-                )
-            )
-
-    def _stores(self) -> list[tuple[str, MessageStore]]:
-        return message_stores(self)
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The model's own callbacks, added to the trainer's: :class:`MessageStoreSync`.
-
-        Lightning calls this at the start of every ``fit``, ``validate``, ``test`` and
-        ``predict``; a ``MessageStoreSync`` passed to the trainer is replaced by this one.
-        """
-        return [*super().configure_callbacks(), self.store_sync]
-
-    def _store_sync_in_use(self) -> MessageStoreSync:
-        trainer = attached_trainer(self)
-        for callback in trainer.callbacks if trainer is not None else ():
-            if isinstance(callback, MessageStoreSync):
-                return callback
-        return self.store_sync
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the guard's counters; make sure the checkpoint holds the whole message store.
@@ -400,12 +294,6 @@ class DeepStructuredModel(pl.LightningModule):
             ``(B, T)`` potentials (see :class:`structlight.ConvexBP`).
         """
         return self.head(self.backbone(self._input(batch)), batch)
-
-    def _regulariser(self) -> Tensor | None:
-        if self.l2_weight == 0.0:
-            return None
-        sq = sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad)
-        return 0.5 * self.l2_weight * sq
 
     # ------------------------------------------------------------------ steps
     def _world_size(self) -> int:
@@ -459,13 +347,6 @@ class DeepStructuredModel(pl.LightningModule):
         # every rank must take part in the gradient all-reduce: zero gradients from this one
         return sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
 
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        """The non-finite guard decides on the step: write the batch's messages, or skip."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        self.guard.before_step(params, optimizer, int(self.global_step))
-        if self.guard.enabled:
-            self.log("train/skipped_steps", self.guard.skipped, on_step=True, on_epoch=False)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Read the deferred guard's flags on the steps Lightning logs (warn, or stop)."""
         if self.guard.enabled and self._is_logging_step(self.global_step):
@@ -486,109 +367,3 @@ class DeepStructuredModel(pl.LightningModule):
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes step-level logs at the step now running."""
         return self._is_logging_step(self.global_step + 1)
-
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
-    ) -> None:
-        """The optimizer step (undone on the device if the deferred guard found it bad), then
-        the infinity-norm projection (if ``linf_bound``)."""
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self.guard.after_step()
-        if self.linf_bound is None:
-            return
-        params = (
-            self.head.pairwise_parameters() if self.linf_scope == "pairwise" else self.parameters()
-        )
-        with torch.no_grad():
-            for p in params:
-                if p.requires_grad:
-                    p.clamp_(-self.linf_bound, self.linf_bound)
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
-        labels = self.head.labels_from(batch)  # shape errors name the graph before the forward
-        b = int(labels.shape[0])
-        if b == 0:
-            return  # every example of the batch was dropped by the data
-        theta = self(batch)
-        if not self.strategy_spec.uses_structure:
-            loss = self.head.independent_loss(theta, labels).loss
-            pred, _ = self.head.predict_independent(theta)
-        else:
-            msgs = self.head.infer(theta, self.val_sweeps)
-            pred, _ = self.head.predict(theta, msgs)
-            if self.head.loss_augmentation:
-                msgs = self.head.infer(self.head.augment(theta.detach(), labels), self.val_sweeps)
-            loss = self.head.structured_loss(theta, labels, msgs)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        finite = torch.isfinite(theta.detach()).all(dim=1)
-        metrics.update(pred, labels, finite=finite)
-        bad = (~finite).sum()
-        self._eval_nonfinite[stage] = self._eval_nonfinite.get(stage, 0) + bad
-        self.log(f"{stage}/loss", loss.mean(), on_epoch=True, batch_size=b, sync_dist=True)
-        self.log(f"{stage}/nonfinite_examples", bad.float(), on_epoch=True, reduce_fx="sum")
-        self.log_dict(metrics, on_epoch=True, batch_size=b)
-
-    def _report_nonfinite(self, stage: str) -> None:
-        bad = int(self._eval_nonfinite.pop(stage, 0))
-        if bad:
-            rank_zero_warn(
-                f"{stage}: {bad} examples had non-finite potentials (NaN or infinity), so the "
-                f"{stage} metrics of this epoch are NaN and {stage}/loss is not finite. The "
-                "weights or those examples' inputs are broken; see docs/reliability.md"
-            )
-
-    def on_validation_epoch_end(self) -> None:
-        """Warn loudly when validation met non-finite potentials."""
-        self._report_nonfinite("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Warn loudly when testing met non-finite potentials."""
-        self._report_nonfinite("test")
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Inference from zero messages (``val_sweeps`` sweeps), decoding, metrics, ``val/loss``."""
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """As :meth:`validation_step`, logged under ``test/``."""
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Labels and per-variable marginals.
-
-        Returns:
-            ``{"labels": (B, N) long, "marginals": (B, N, Kmax)}``.
-        """
-        if isinstance(batch, Mapping) and self.input_key in batch:
-            b = int(self._input(batch).shape[0])
-            if b == 0:  # every example dropped by the data
-                n, k = self.head.graph.num_vars, self.head.max_states
-                empty = self._input(batch).new_zeros(0, n, k)
-                return {"labels": empty.long()[..., 0], "marginals": empty}
-        theta = self(batch)
-        if not self.strategy_spec.uses_structure:
-            labels, marg = self.head.predict_independent(theta)
-        else:
-            labels, marg = self.head.predict(theta, self.head.infer(theta, self.val_sweeps))
-        return {"labels": labels, "marginals": marg}
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> Any:
-        """The injected optimizer (and scheduler) over the trainable parameters."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(
-                f"strategy={self.training_strategy!r} leaves no trainable parameter (is the head "
-                "without pairwise terms under 'piecewise'?)"
-            )
-        if self.optimizer_factory is None:
-            opt = torch.optim.SGD(params, lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
-        else:
-            opt = self.optimizer_factory(params)
-        if self.lr_scheduler_factory is None:
-            return opt
-        sched = self.lr_scheduler_factory(opt)
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {"scheduler": sched, "monitor": self.scheduler_monitor},
-        }

@@ -7,6 +7,7 @@ single-process twins run here; see that script for the runs.
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,21 @@ def test_sharded_store_slots_errors_and_state_dict():
     assert gather_store(whole) is whole.messages  # unsharded: no communication
 
 
+def test_store_width_is_num_message_entries_also_in_older_pickles():
+    head = ChainHead(5, 4, 6, num_train_examples=3)
+    assert head.store.num_message_entries == head.bp.num_message_entries
+    assert "num_message_entries=" in repr(head.store)
+    with pytest.raises(ValueError, match="num_message_entries must be an int >= 0, got -1"):
+        MessageStore(-1)
+    # a store pickled when M was called num_messages unpickles under the new name
+    older = MessageStore(3, 2)
+    older.__dict__["num_messages"] = older.__dict__.pop("num_message_entries")
+    store = pickle.loads(pickle.dumps(older))
+    assert store.num_message_entries == 3 and "num_messages" not in store.__dict__
+    store.scatter(torch.tensor([1]), torch.ones(1, 3))
+    assert torch.equal(store.messages, torch.tensor([[0.0, 0, 0], [1, 1, 1]]))
+
+
 def test_store_is_not_a_buffer_and_pinned_location_stays_on_host():
     head = ChainHead(5, 4, 6, num_train_examples=3)
     assert "store.messages" in head.state_dict()
@@ -154,7 +170,7 @@ def test_store_is_not_a_buffer_and_pinned_location_stays_on_host():
     assert pinned.store.messages.dtype == torch.float32 and pinned.store.location == "pinned"
     assert pinned.store.messages.device.type == "cpu"
     idx = torch.tensor([2, 0])
-    msgs = torch.randn(2, pinned.store.num_messages, dtype=torch.float64)
+    msgs = torch.randn(2, pinned.store.num_message_entries, dtype=torch.float64)
     pinned.store.scatter(idx, msgs)
     assert torch.allclose(pinned.store.gather(idx), msgs.float())
     assert pinned.store.gather(idx, device="cpu").device.type == "cpu"
@@ -347,7 +363,7 @@ def test_checkpoints_reshard_between_world_sizes(runs, single_train):
 
 
 def test_peak_store_memory_per_rank_is_half_of_one_process(runs, single_train):
-    m = single_train["model"].head.store.num_messages
+    m = single_train["model"].head.store.num_message_entries
     single = single_train["peak_bytes"]
     assert single == TRAIN["num_train"] * message_bytes_per_example(m)
     assert runs["train"]["peak_bytes"] == [single // 2, single // 2]

@@ -171,7 +171,7 @@ def test_empty_batches_are_skipped_in_fit_validate_test_and_predict():
 
 def test_head_write_back_keeps_old_rows_for_nonfinite_messages():
     head = ChainHead(N, K, 4, order=1, num_train_examples=6)
-    head.store.messages = torch.full((6, head.store.num_messages), 0.5)
+    head.store.messages = torch.full((6, head.store.num_message_entries), 0.5)
     feats = torch.randn(3, N, 4)
     batch = {"label": torch.zeros(3, N, dtype=torch.long), "index": torch.tensor([0, 2, 4])}
     theta = head(feats, batch).detach()

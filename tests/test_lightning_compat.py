@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -239,6 +240,63 @@ def test_store_callback_is_added_with_user_callbacks_and_replaces_a_user_instanc
         path = tmp_path / f"w{weights_only}.ckpt"
         trainer.save_checkpoint(path, weights_only=weights_only)
         ckpt = torch.load(path, weights_only=False)
-        assert ckpt["message_stores"]["head.store"]["num_examples"] == 12
-        assert ckpt["message_stores"]["head.store"]["world_size"] == 1
+        info = ckpt["message_stores"]["head.store"]
+        assert info["num_examples"] == 12 and info["world_size"] == 1
+        assert info["num_message_entries"] == model.head.store.num_message_entries
+        assert "num_messages" not in info  # the entry's former name
         assert torch.equal(ckpt["state_dict"]["head.store.messages"], model.head.store.messages)
+    # a checkpoint written when the entry was called num_messages resumes as before
+    ckpt = torch.load(tmp_path / "wFalse.ckpt", weights_only=False)
+    info = ckpt["message_stores"]["head.store"]
+    info["num_messages"] = info.pop("num_message_entries")
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    resumed = _model(dm)
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(resumed, dm, ckpt_path=tmp_path / "older.ckpt")
+    assert trainer.global_step == 2 * BATCHES and resumed.head.store.num_examples == 12
+
+
+# ---------------------------------------------------------------------------- LightningCLI
+class _Tiny(pl.LightningModule):
+    def __init__(self, width: int = 1) -> None:
+        super().__init__()
+        self.width = width
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_ckpt_path_check_runs_before_lightning_reads_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"hyper_parameters": {"width": 3}}, path)
+    seen: list[tuple[str, Any]] = []
+
+    def check(cli: LightningCLI) -> None:
+        config = cli.config["validate"]
+        seen.append(("check", (str(config["ckpt_path"]), config["model"]["width"])))
+
+    @L.check_before_ckpt_hparams(check)
+    class CLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            seen.append(("built from", self.config["validate"]["model"]["width"]))
+            raise _Stop  # nothing to run
+
+    with pytest.raises(_Stop):
+        CLI(_Tiny, args=["validate", "--ckpt_path", str(path)], save_config_callback=None)
+    # the check saw the command line alone; Lightning then read width=3 from the checkpoint
+    assert seen == [("check", (str(path), 1)), ("built from", 3)]
+    refused: list[str] = []
+
+    def refuse(cli: LightningCLI) -> None:
+        refused.append("checked")
+        raise _Stop
+
+    @L.check_before_ckpt_hparams(refuse)
+    class Refusing(LightningCLI):
+        pass
+
+    path.write_bytes(b"not a checkpoint")  # Lightning would fail loading it: never reached
+    with pytest.raises(_Stop):
+        Refusing(_Tiny, args=["validate", "--ckpt_path", str(path)], save_config_callback=None)
+    assert refused == ["checked"]

@@ -99,9 +99,9 @@ def test_deferred_path_reads_no_tensor_value(no_host_reads, sharded):
     )
     no_host_reads()
     store.gather(good)
-    store.scatter(good, torch.ones(2, store.num_messages))
+    store.scatter(good, torch.ones(2, store.num_message_entries))
     store.gather(bad)
-    store.scatter(bad, torch.ones(bad.numel(), store.num_messages))
+    store.scatter(bad, torch.ones(bad.numel(), store.num_message_entries))
     assert len(store._unchecked) == 4
 
 

@@ -125,7 +125,7 @@ def main() -> None:
     if trainer.global_rank == 0:
         report = {
             "model": args.model,
-            "M": store.num_messages,
+            "M": store.num_message_entries,
             "bytes_per_example": message_bytes_per_example(store),
             "num_train": args.num_train,
             "processes": args.devices,

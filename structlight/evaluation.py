@@ -1,0 +1,100 @@
+"""Validation, test and prediction steps of :class:`structlight.DeepStructuredModel`.
+
+Validation and test run ``val_sweeps`` sweeps (default 10, as the paper) from zero messages,
+decode each variable's belief and log the loss and the task's metrics
+(:func:`structlight.metrics.task_metrics`): ``val/loss``, ``val/char_acc`` and ``val/word_acc``
+(sequences) or ``val/hamming_error`` and ``val/hamming_count`` (multi-label), and the same under
+``test/``. Examples with non-finite potentials make that epoch's metrics NaN; they are counted
+in ``val/nonfinite_examples`` (``test/...``) and named in a warning at the epoch's end.
+``predict_step`` returns ``{"labels", "marginals"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+__all__ = ["EvaluationSteps"]
+
+
+class EvaluationSteps:
+    """The validation, test and predict hooks of a :class:`~structlight.DeepStructuredModel`.
+
+    A mixin (before ``LightningModule`` in the model's bases). The model provides ``head``,
+    ``strategy_spec``, ``val_sweeps``, ``input_key`` and ``_input()`` (the backbone's input of
+    a batch), ``forward`` (``self(batch)``: the batch's potentials), ``log`` and ``log_dict``,
+    the metric collections ``val_metrics`` and ``test_metrics``, and ``_eval_nonfinite = {}``
+    (per stage, the examples with non-finite potentials seen in the current epoch).
+    """
+
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
+        labels = self.head.labels_from(batch)  # shape errors name the graph before the forward
+        b = int(labels.shape[0])
+        if b == 0:
+            return  # every example of the batch was dropped by the data
+        theta = self(batch)
+        if not self.strategy_spec.uses_structure:
+            loss = self.head.independent_loss(theta, labels).loss
+            pred, _ = self.head.predict_independent(theta)
+        else:
+            msgs = self.head.infer(theta, self.val_sweeps)
+            pred, _ = self.head.predict(theta, msgs)
+            if self.head.loss_augmentation:
+                msgs = self.head.infer(self.head.augment(theta.detach(), labels), self.val_sweeps)
+            loss = self.head.structured_loss(theta, labels, msgs)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        finite = torch.isfinite(theta.detach()).all(dim=1)
+        metrics.update(pred, labels, finite=finite)
+        bad = (~finite).sum()
+        self._eval_nonfinite[stage] = self._eval_nonfinite.get(stage, 0) + bad
+        self.log(f"{stage}/loss", loss.mean(), on_epoch=True, batch_size=b, sync_dist=True)
+        self.log(f"{stage}/nonfinite_examples", bad.float(), on_epoch=True, reduce_fx="sum")
+        self.log_dict(metrics, on_epoch=True, batch_size=b)
+
+    def _report_nonfinite(self, stage: str) -> None:
+        bad = int(self._eval_nonfinite.pop(stage, 0))
+        if bad:
+            rank_zero_warn(
+                f"{stage}: {bad} examples had non-finite potentials (NaN or infinity), so the "
+                f"{stage} metrics of this epoch are NaN and {stage}/loss is not finite. The "
+                "weights or those examples' inputs are broken; see docs/reliability.md"
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        """Warn loudly when validation met non-finite potentials."""
+        self._report_nonfinite("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Warn loudly when testing met non-finite potentials."""
+        self._report_nonfinite("test")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Inference from zero messages (``val_sweeps`` sweeps), decoding, metrics, ``val/loss``."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """As :meth:`validation_step`, logged under ``test/``."""
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Labels and per-variable marginals.
+
+        Returns:
+            ``{"labels": (B, N) long, "marginals": (B, N, Kmax)}``.
+        """
+        if isinstance(batch, Mapping) and self.input_key in batch:
+            b = int(self._input(batch).shape[0])
+            if b == 0:  # every example dropped by the data
+                n, k = self.head.graph.num_vars, self.head.max_states
+                empty = self._input(batch).new_zeros(0, n, k)
+                return {"labels": empty.long()[..., 0], "marginals": empty}
+        theta = self(batch)
+        if not self.strategy_spec.uses_structure:
+            labels, marg = self.head.predict_independent(theta)
+        else:
+            labels, marg = self.head.predict(theta, self.head.infer(theta, self.val_sweeps))
+        return {"labels": labels, "marginals": marg}
