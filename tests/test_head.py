@@ -379,9 +379,7 @@ def test_chain_head_viterbi_decoding_is_the_exact_map():
     theta = head(feats).detach()
     labels, marg = head.predict(theta, head.bp.init_messages(6))
     pots = [
-        theta[:, head.bp._offsets[r] : head.bp._offsets[r] + head.graph.region_size(r)].reshape(
-            6, *head.graph.region_shape(r)
-        )
+        theta[:, head.bp.layout.region_slice(r)].reshape(6, *head.graph.region_shape(r))
         for r in range(head.graph.num_regions)
     ]
     all_labels, scores = brute_force_scores(head.graph, pots)

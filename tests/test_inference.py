@@ -15,6 +15,9 @@ from scipy.optimize import minimize
 
 from structlight import NEG_INF, ConvexBP, RegionGraph
 from structlight.inference import EXP_MIN_STATES
+from structlight.inference import dual as dual_module
+from structlight.inference import prepared as prepared_module
+from structlight.inference import readout as readout_module
 from tests.conftest import brute_force_scores
 
 DT = torch.float64
@@ -504,13 +507,12 @@ def test_fast_dual_function_matches_autograd_of_general_path(graph, scale, b, af
     lam = lam.requires_grad_(True)
     w = torch.linspace(0.5, 1.5, b, dtype=DT)
     calls: list[int] = []
-    tables = ConvexBP._dense_tables
+    tables = dual_module.dense_tables
     for _ in range(2):  # the tables stay with the object: a second dual reuses them too
         calls.clear()
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(
-                ConvexBP, "_dense_tables", staticmethod(lambda *a: calls.append(1) or tables(*a))
-            )
+            mp.setattr(dual_module, "dense_tables", lambda *a: calls.append(1) or tables(*a))
+            mp.setattr(readout_module, "dense_tables", lambda *a: calls.append(1) or tables(*a))
             dd = fast.dual(prep, lam)
         if after_sweep and exp_space and scale == 1.0 and b == 1:  # no underflow: theta unread
             assert not calls
@@ -588,11 +590,11 @@ def test_batch_shared_pair_tables_match_the_general_path(graph):
     theta = fast.pack(pots)
     nearly = theta.clone()
     nearly[2, -1] += 1e-9  # the last pair entry of one example differs
-    shared_pairs = ConvexBP._shared_pairs
+    shared_pairs = prepared_module.shared_pairs
     for th, shared in ((theta, True), (nearly, False)):
         found = []
         with pytest.MonkeyPatch.context() as mp:  # which form the sweeps took
-            mp.setattr(ConvexBP, "_shared_pairs", staticmethod(_spy(shared_pairs, found)))
+            mp.setattr(prepared_module, "shared_pairs", _spy(shared_pairs, found))
             mf = mg = torch.randn(b, fast.num_message_entries, dtype=DT)
             for _ in range(3):
                 mf, mg = fast.sweep(th, mf), general.sweep(th, mg)
@@ -641,8 +643,6 @@ def test_compiled_sweeps_match_the_general_path(graph, b, recwarn):
 
 
 def test_compile_applies_only_where_it_can_and_falls_back_when_it_fails(monkeypatch):
-    import structlight.inference as inference
-
     with pytest.raises(TypeError, match="compile must be True or False"):
         ConvexBP(RegionGraph.chain(3, 3), compile="yes")  # type: ignore[arg-type]
     assert not ConvexBP(RegionGraph.chain(3, 3), eps=0.5, compile=True).uses_compiled_sweeps
@@ -656,7 +656,7 @@ def test_compile_applies_only_where_it_can_and_falls_back_when_it_fails(monkeypa
 
         return run
 
-    monkeypatch.setattr(inference.torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", broken)
     graph = RegionGraph.fully_connected(4, 2)
     bp, other, eager = ConvexBP(graph, compile=True), ConvexBP(graph, compile=True), ConvexBP(graph)
     theta = bp.pack(random_pots(graph, 2, 0))

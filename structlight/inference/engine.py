@@ -1,0 +1,256 @@
+"""``ConvexBP``: the engine's facade. It picks the plan and the kernels once per graph, device
+and dtype, and hands every call to the functions of the package (see ``docs/inference.md``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from structlight.graph import RegionGraph
+from structlight.inference import dual as _dual
+from structlight.inference import readout
+from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
+from structlight.inference.plan import Plan, build_plan
+from structlight.inference.prepared import PreparedPotentials, clamp, version_of
+from structlight.inference.sweep import (
+    CompiledSweep,
+    from_slots,
+    general_sweep,
+    pair_sweep,
+    to_slots,
+)
+
+#: Potentials as the methods of :class:`ConvexBP` take them: plain, or prepared once.
+PotentialsLike = Potentials | PreparedPotentials
+
+
+class ConvexBP:
+    """Convex belief propagation (block-coordinate descent on the dual) on a region graph.
+
+    Args:
+        graph: the region graph.
+        eps: temperature ``eps >= 0``; 1 gives the (approximate) log-partition of a CRF, 0
+            max-product for the structured hinge loss.
+        fast_path: on pairwise graphs, run sweeps, the dual and variable beliefs on the dense
+            batch-last layout (:mod:`~structlight.inference.pairwise_plan`); same updates, same
+            schedule, same results up to rounding (see :attr:`uses_fast_path`).
+        compile: sweep through :func:`torch.compile` where it applies (pairwise fast path, one
+            state count, all ``ĉ = 1``; :attr:`uses_compiled_sweeps`). Compiling takes seconds
+            to a minute on first use and per batch size; if it fails a warning says so and this
+            instance sweeps eagerly from then on.
+
+    Potentials are a list of ``num_regions`` tables, region ``r`` of shape
+    ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts), a packed ``(B, T)`` tensor
+    (:attr:`layout`), or a :class:`PreparedPotentials` (:meth:`prepare`); messages are ``(B, M)``
+    (:meth:`init_messages`). float32 and float64, CPU and CUDA; half precision is refused.
+
+    No method keeps anything of its inputs. The instance caches its plan per (device, dtype) and
+    its compiled sweeps, each built once and never changed (two racing threads build identical
+    entries), and pickles without them; the compile-failure flag is set at most once.
+    """
+
+    def __init__(
+        self, graph: RegionGraph, eps: float = 1.0, fast_path: bool = True, compile: bool = False
+    ) -> None:
+        if not isinstance(graph, RegionGraph):
+            raise TypeError(f"graph must be a RegionGraph, got {type(graph).__name__}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
+        eps = float(eps)
+        if not eps >= 0.0 or np.isinf(eps):
+            raise ValueError(f"eps must be finite and >= 0, got {eps}")
+        self.graph, self.eps, self.compile = graph, eps, compile
+        self.layout = PackedLayout.of(graph)
+        self.num_entries = self.layout.num_entries
+        self.num_message_entries = self.layout.num_message_entries
+        self._host_plan = build_plan(graph, self.layout, eps, fast_path)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for r in range(graph.num_regions):
+            shapes.setdefault(tuple(graph.region_shape(r)), []).append(r)
+        self._regions_by_shape = shapes
+        self._plans: dict[tuple[torch.device, torch.dtype], Plan] = {}
+        self._compiled: dict[tuple[torch.device, torch.dtype], CompiledSweep] = {}
+        self._compile_failed = False
+
+    def __getstate__(self) -> dict:
+        """Pickle without the per-(device, dtype) plans and compiled sweeps (rebuilt on use)."""
+        return {**self.__dict__, "_plans": {}, "_compiled": {}}
+
+    @property
+    def uses_fast_path(self) -> bool:
+        """True if sweeps run on the dense pairwise layout."""
+        return self._host_plan.pairwise is not None
+
+    @property
+    def uses_compiled_sweeps(self) -> bool:
+        """Whether :meth:`sweep` runs compiled (False again once compiling has failed here)."""
+        d = self._host_plan.pairwise
+        return self.compile and d is not None and d.compilable and not self._compile_failed
+
+    def _plan(self, device: torch.device, dtype: torch.dtype) -> Plan:
+        plan = self._plans.get((device, dtype))
+        if plan is None:
+            plan = self._plans[(device, dtype)] = self._host_plan.to(device, dtype)
+        return plan
+
+    # ------------------------------------------------------------------ inputs
+    def pack(self, pots: Potentials, batch_size: int | None = None) -> Tensor:
+        """Region tables (or packed potentials) as ``(B, T)``, entries clamped to
+        :data:`NEG_INF`; see :meth:`PackedLayout.pack` for the arguments and errors."""
+        return self.layout.pack(pots, batch_size).clamp_min(NEG_INF)
+
+    def unpack(self, theta: Tensor) -> list[Tensor]:
+        """Packed ``(B, T)`` potentials or beliefs as per-region views (:meth:`PackedLayout.unpack`)."""
+        return self.layout.unpack(theta)
+
+    def prepare(self, pots: PotentialsLike, batch_size: int | None = None) -> PreparedPotentials:
+        """Pack, check and clamp potentials once, for several calls on them.
+
+        A training step does ``prep = bp.prepare(theta)``, ``msgs = bp.sweep(prep, msgs)`` and
+        ``bp.dual(prep, msgs)``: the fast path's sweep tables are built once, by the first sweep,
+        and the dual's gradient flows to ``theta``. A prepared object of this instance and batch
+        size is returned as it is; ``batch_size`` expands broadcast potentials.
+
+        Raises:
+            TypeError, ValueError: as :meth:`pack`; ValueError also for a prepared object whose
+                potentials were changed in place since, or whose batch size does not fit.
+        """
+        if isinstance(pots, PreparedPotentials):
+            pots.check_fresh()
+            if pots.owner is self and batch_size in (None, pots.batch_size):
+                return pots
+            theta = self.layout.pack(pots.theta, batch_size)  # another engine's: no tables
+            return PreparedPotentials(theta, pots.clean, self, version_of(theta))
+        theta, clean = clamp(self.layout.pack(pots, batch_size))
+        return PreparedPotentials(theta, clean, self, version_of(theta))
+
+    def init_messages(
+        self, batch_size: int, dtype: torch.dtype = torch.float32, device: object = None
+    ) -> Tensor:
+        """Zero messages ``(batch_size, M)``; float32 or float64 (else ``ValueError``)."""
+        check_dtype(dtype, "messages", MSGS_HINT)
+        return torch.zeros(batch_size, self.num_message_entries, dtype=dtype, device=device)
+
+    def _resolve(self, pots: PotentialsLike, msgs: Tensor) -> tuple[PreparedPotentials, Plan]:
+        if not isinstance(msgs, Tensor):
+            raise TypeError(f"messages must be a tensor, got {type(msgs).__name__}")
+        prep = self.prepare(pots, batch_size=msgs.shape[0] if msgs.dim() == 2 else None)
+        self.layout.check_messages(prep.theta, msgs)
+        return prep, self._plan(prep.device, prep.dtype)
+
+    # ------------------------------------------------------------------ message passing
+    def sweep(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+        """One block-coordinate sweep over all regions that have parents; the dual never rises.
+
+        Potentials are constants here (no gradient). Returns new ``(B, M)`` messages (``msgs``
+        is not changed); on the fast path with ``B > 1`` a transposed view of an ``(M, B)``
+        tensor, which the next sweep or dual reads without a transpose.
+        """
+        prep, plan = self._resolve(pots, msgs)
+        with torch.no_grad():
+            msgs, d = msgs.detach(), plan.pairwise
+            if d is None:
+                return general_sweep(prep.theta.detach(), msgs, plan)
+            if self.uses_compiled_sweeps:
+                key = (prep.device, prep.dtype)
+                fn = self._compiled.get(key) or self._compiled.setdefault(key, CompiledSweep())
+                out = fn(prep, msgs, d, stacklevel=3)
+                if out is not None:
+                    return out
+                self._compile_failed = True
+            tables = prep.sweep_tables(d)
+            lam, _ = pair_sweep(to_slots(msgs, d, copy=True), prep.theta.detach(), tables, d, False)
+            return from_slots(lam, d)
+
+    def run(
+        self,
+        pots: PotentialsLike,
+        msgs: Tensor | None = None,
+        num_sweeps: int = 10,
+        tol: float | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Up to ``num_sweeps`` sweeps (from zero messages if ``msgs`` is None), stopping once
+        ``max_b |D_before - D_after| <= tol`` (a dual and a host sync per sweep; None: never).
+
+        Returns:
+            ``(msgs, duals)``: the final messages and the ``(num_done, B)`` duals after each
+            sweep (``(0, B)`` with ``tol=None``).
+        """
+        with torch.no_grad():
+            prep = self.prepare(pots, batch_size=None if msgs is None else msgs.shape[0])
+            if msgs is None:
+                msgs = self.init_messages(prep.batch_size, prep.dtype, prep.device)
+            duals: list[Tensor] = []
+            prev = self.dual(prep, msgs) if tol is not None else None
+            for _ in range(num_sweeps):
+                msgs = self.sweep(prep, msgs)
+                if tol is not None:
+                    duals.append(self.dual(prep, msgs))
+                    if float((prev - duals[-1]).abs().max()) <= tol:
+                        break
+                    prev = duals[-1]
+        return msgs, torch.stack(duals) if duals else prep.theta.new_zeros(0, prep.batch_size)
+
+    # ------------------------------------------------------------------ read-outs
+    def dual(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+        """The dual ``D(lam) = sum_r ĉ_r log sum exp(fhat_r / ĉ_r)`` (``max`` where ``ĉ_r = 0``),
+        ``(B,)``; differentiable in the potentials and messages, and its gradient with respect
+        to each table is the region's belief (:meth:`beliefs`)."""
+        prep, plan = self._resolve(pots, msgs)
+        if plan.pairwise is not None:
+            return _dual.pair_dual(prep, msgs, plan)
+        return _dual.general_dual(prep, msgs, plan)
+
+    def reparameterize(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+        """``fhat`` of every region, packed ``(B, T)``; differentiable."""
+        prep, plan = self._resolve(pots, msgs)
+        return readout.reparameterize(prep.theta, msgs, plan)
+
+    def beliefs(self, pots: PotentialsLike, msgs: Tensor) -> list[Tensor]:
+        """Region beliefs, region ``r`` ``(B, *region_shape(r))``: the gradients of :meth:`dual`
+        (softmax where ``ĉ_r > 0``, parent-implied where ``ĉ_r = 0``; see :mod:`.readout`)."""
+        prep, plan = self._resolve(pots, msgs)
+        pad = readout.padded(readout.reparameterize(prep.theta, msgs, plan), plan)
+        pad = readout.region_beliefs(pad, prep.theta, msgs, plan)
+        out: list[Tensor] = [pad] * self.graph.num_regions  # every entry replaced below
+        # regions of one shape at once: one gather, then views
+        for shape, regs in self._regions_by_shape.items():
+            sub = pad.index_select(1, torch.as_tensor(regs, device=pad.device))
+            sub = sub[:, :, : math.prod(shape)].reshape(pad.shape[0], len(regs), *shape)
+            for r, t in zip(regs, sub.unbind(1), strict=True):
+                out[r] = t
+        return out
+
+    def variable_beliefs(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+        """Per-variable beliefs ``(B, N, Kmax)`` from the smallest region holding each variable
+        (uniform for a variable in no region; entries past ``num_states[i]`` are 0)."""
+        prep, plan = self._resolve(pots, msgs)
+        return readout.variable_beliefs(prep.theta, msgs, plan)
+
+    def decode(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+        """Marginal decoding: the arg-max of each variable's belief (first state on ties),
+        ``(B, N)`` long; a variable in no region decodes to state 0."""
+        vb = self.variable_beliefs(pots, msgs)
+        return readout.decode(vb, self._plan(vb.device, vb.dtype))
+
+    def score(self, pots: PotentialsLike, labels: Tensor) -> Tensor:
+        """``F(y) = sum_r f_r(y_r)`` of ``(B, N)`` labels, ``(B,)``; differentiable.
+
+        Raises:
+            ValueError: labels of the wrong shape or batch size, or out of range.
+        """
+        g = self.graph
+        if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.shape[1] != g.num_vars:
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must have shape (B, {g.num_vars}), got {shape}")
+        if isinstance(pots, PreparedPotentials):
+            pots = self.prepare(pots).theta  # (the staleness check)
+        theta = self.layout.pack(pots, batch_size=labels.shape[0])
+        if theta.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"labels have batch size {labels.shape[0]} but potentials {theta.shape[0]}"
+            )
+        return readout.score(theta, labels, self._plan(theta.device, theta.dtype))

@@ -1,0 +1,160 @@
+"""Sweeps: the loop over the schedule's blocks, each one :mod:`~structlight.inference.update`.
+
+:func:`general_sweep` runs on the general layout. :func:`pair_sweep` runs on the pairwise fast
+path's slots; the same function runs eagerly and, wrapped by :class:`CompiledSweep`, under
+:func:`torch.compile`. Eagerly it picks the CPU's fastest forms (flat gathers for one example,
+matrix products for shared tables) and redoes any block whose exp-space sums underflow in log
+space; compiled (``fused``), it keeps to broadcast forms the compiler fuses and reports the
+smallest sum instead, and the whole sweep is redone in log space when one underflowed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from structlight.inference.pairwise_plan import PairwisePlan
+from structlight.inference.plan import Plan
+from structlight.inference.prepared import PreparedPotentials, SweepTables, dense_tables
+from structlight.inference.update import (
+    general_block_update,
+    pair_mu_exp,
+    pair_mu_exp_one,
+    pair_mu_log,
+    pair_write_back,
+)
+
+__all__ = ["CompiledSweep", "from_slots", "general_sweep", "pair_sweep", "to_slots"]
+
+
+def underflow_limit(dtype: torch.dtype) -> float:
+    """Exp-space sums below this (``tiny / eps``) may have lost precision to underflow."""
+    return torch.finfo(dtype).tiny / torch.finfo(dtype).eps
+
+
+def general_sweep(theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
+    """One sweep on the general layout: new ``(B, M)`` messages (``msgs`` is not changed)."""
+    lam = msgs.clone()
+    # one -inf column at position T: the padding of the mu rows points there
+    theta = torch.cat([theta, theta.new_full((theta.shape[0], 1), float("-inf"))], dim=1)
+    for blk in plan.blocks:
+        general_block_update(theta, lam, blk)
+    return lam
+
+
+def to_slots(msgs: Tensor, d: PairwisePlan, copy: bool = False) -> Tensor:
+    """Messages ``(B, M)`` as slots ``(S, K, B)``, padded for mixed state counts.
+
+    A new tensor with ``copy`` (a sweep writes into it); otherwise possibly a view of ``msgs``:
+    the messages a sweep returns are already laid out ``(M, B)`` underneath (see
+    :func:`from_slots`), and then no transpose is needed.
+    """
+    b = msgs.shape[0]
+    if not d.uniform:
+        msgs = torch.cat([msgs, msgs.new_zeros(b, 1)], dim=1)
+    if b == 1:
+        mt = msgs.reshape(-1).index_select(0, d.from_general)
+    else:
+        mt = msgs.t()
+        fresh = not mt.is_contiguous()
+        if fresh:
+            mt = mt.contiguous()  # a transpose (M, B): a new tensor
+        if not d.in_order:
+            mt, fresh = mt.index_select(0, d.from_general), True
+        if copy and not fresh:  # msgs was (M, B) in memory already
+            mt = mt.clone()
+    return mt.view(-1, d.kmax, b)
+
+
+def from_slots(lam: Tensor, d: PairwisePlan) -> Tensor:
+    """Slots ``(S, K, B)`` as ``(B, M)`` messages: for ``B > 1`` a transposed view of an
+    ``(M, B)`` tensor, so that the next sweep or dual reads them without a transpose and a
+    store's scatter copies them in one pass."""
+    b = lam.shape[-1]
+    lam = lam.reshape(-1, b)
+    if b == 1 and not d.in_order:
+        return lam.view(-1).index_select(0, d.to_general).view(1, -1)
+    return (lam if d.in_order else lam.index_select(0, d.to_general)).t()
+
+
+def pair_sweep(
+    lam: Tensor, theta: Tensor, tables: SweepTables, d: PairwisePlan, fused: bool
+) -> tuple[Tensor, Tensor | None]:
+    """One sweep on the fast path, in place on the slots ``lam`` ``(S, K, B)``.
+
+    Args:
+        lam: the slots (:func:`to_slots` with ``copy=True``); updated and returned.
+        theta: ``(B, T)`` clamped potentials (read only to redo an underflowing block).
+        tables: the sweep tables of ``theta``; exp space when ``tables.exp`` is set.
+        d: the fast path's plan.
+        fused: the forms a compiler fuses (broadcasts, no host syncs): underflow is reported,
+            not redone.
+
+    Returns:
+        ``(lam, low)``: with ``fused`` in exp space, ``low`` is the smallest exp-space sum met
+        (below :func:`underflow_limit`, or NaN, the sweep must be redone in log space); else
+        None.
+    """
+    b, k = lam.shape[-1], d.kmax
+    flat = b == 1 and not fused
+    exp = tables.exp
+    tiny = underflow_limit(lam.dtype)
+    low = tt = None
+    for blk in d.blocks:
+        if flat:
+            lo = lam.view(-1).index_select(0, blk.other_flat).view(-1, k, 1)
+        else:
+            lo = lam.index_select(0, blk.other)  # lam[j->e](y_j), (P, K, B)
+        if exp is None:
+            mu = pair_mu_log(tables.tabs[blk.start : blk.stop], lo, blk)
+        else:
+            if flat:
+                mu, s = pair_mu_exp_one(lo, exp, blk)
+            else:
+                mu, s = pair_mu_exp(lo, exp, blk, matmul=not fused)
+            if fused:
+                low = s.amin() if low is None else torch.minimum(low, s.amin())
+            elif bool(s.amin() < tiny):  # underflow: this block in log space
+                if tt is None:
+                    tt = theta.t().contiguous()  # (T, B)
+                rows = d.tab_rows[blk.start * k * k : blk.stop * k * k]
+                mu = pair_mu_log(tt.index_select(0, rows).view(-1, k, k, b), lo, blk)
+        pair_write_back(lam, tables.nodes, mu, blk, d.uniform, flat)
+    return lam, low
+
+
+class CompiledSweep:
+    """:func:`pair_sweep` under :func:`torch.compile`, for one engine, device and dtype.
+
+    Compiling happens on the first call (seconds to a minute; again for a new batch size).
+    Calling returns the new slots, or None if compiling failed: the engine then warns once and
+    sweeps eagerly from then on.
+    """
+
+    def __init__(self) -> None:
+        self._fn = torch.compile(pair_sweep)
+
+    def __call__(
+        self, prep: PreparedPotentials, msgs: Tensor, d: PairwisePlan, stacklevel: int
+    ) -> Tensor | None:
+        theta = prep.theta.detach()
+        tables = prep.sweep_tables(d)
+        try:
+            lam, low = self._fn(to_slots(msgs, d, copy=True), theta, tables, d, True)
+            # underflow somewhere (later blocks may then have met inf - inf: NaN, which fails
+            # this test too): the whole sweep again, in log space
+            if low is not None and not bool(low >= underflow_limit(theta.dtype)):
+                logt = SweepTables(tables.nodes, dense_tables(theta, d, d.tab_rows)[1], None)
+                lam, _ = self._fn(to_slots(msgs, d, copy=True), theta, logt, d, True)
+        except Exception as err:  # no working compiler, say
+            warnings.warn(
+                f"ConvexBP(compile=True): torch.compile failed ({type(err).__name__}: "
+                f"{(str(err).splitlines() or [''])[0][:200]}); sweeps run eagerly instead "
+                "(same results, slower)",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
+            return None
+        return from_slots(lam, d)
