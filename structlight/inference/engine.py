@@ -156,13 +156,14 @@ class ConvexBP:
                 return general_sweep(prep.theta.detach(), msgs, plan)
             if self.uses_compiled_sweeps:
                 key = (prep.device, prep.dtype)
-                fn = self._compiled.get(key) or self._compiled.setdefault(key, CompiledSweep())
+                fn = self._compiled.get(key) or self._compiled.setdefault(key, CompiledSweep(d))
                 out = fn(prep, msgs, d, stacklevel=3)
                 if out is not None:
                     return out
                 self._compile_failed = True
             tables = prep.sweep_tables(d)
-            lam, _ = pair_sweep(to_slots(msgs, d, copy=True), prep.theta.detach(), tables, d, False)
+            theta, lam = prep.theta.detach(), to_slots(msgs, d, copy=True)
+            lam, _ = pair_sweep(lam, theta, tables, d.blocks, d, False)
             return from_slots(lam, d)
 
     def run(

@@ -11,13 +11,16 @@ smallest sum instead, and the whole sweep is redone in log space when one underf
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from structlight.inference.pairwise_plan import PairwisePlan
+from structlight.inference.pairwise_plan import PairBlock, PairwisePlan
 from structlight.inference.plan import Plan
 from structlight.inference.prepared import PreparedPotentials, SweepTables, dense_tables
+from structlight.inference.tempered import Temper
 from structlight.inference.update import (
     general_block_update,
     pair_mu_exp,
@@ -80,29 +83,37 @@ def from_slots(lam: Tensor, d: PairwisePlan) -> Tensor:
 
 
 def pair_sweep(
-    lam: Tensor, theta: Tensor, tables: SweepTables, d: PairwisePlan, fused: bool
+    lam: Tensor,
+    theta: Tensor,
+    tables: SweepTables,
+    blocks: Sequence[PairBlock],
+    d: PairwisePlan,
+    fused: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """One sweep on the fast path, in place on the slots ``lam`` ``(S, K, B)``.
+    """One sweep on the fast path over the slots ``lam`` ``(S, K, B)``.
 
     Args:
-        lam: the slots (:func:`to_slots` with ``copy=True``); updated and returned.
+        lam: the slots; eagerly a copy (:func:`to_slots` with ``copy=True``) updated in place.
         theta: ``(B, T)`` clamped potentials (read only to redo an underflowing block).
         tables: the sweep tables of ``theta``; exp space when ``tables.exp`` is set.
-        d: the fast path's plan.
-        fused: the forms a compiler fuses (broadcasts, no host syncs): underflow is reported,
-            not redone.
+        blocks: the blocks, ``d.blocks`` (compiled: the same blocks as views of one index
+            tensor, see :class:`CompiledSweep`).
+        d: the fast path's plan (its state count, padding and table rows).
+        fused: the forms a compiler fuses (broadcasts, functional writes, no host syncs):
+            underflow is reported, not redone.
 
     Returns:
-        ``(lam, low)``: with ``fused`` in exp space, ``low`` is the smallest exp-space sum met
-        (below :func:`underflow_limit`, or NaN, the sweep must be redone in log space); else
-        None.
+        ``(lam, low)``: the new slots and, with ``fused`` in exp space, the smallest exp-space
+        sum met (below :func:`underflow_limit`, or NaN, the sweep must be redone in log space);
+        else None.
     """
     b, k = lam.shape[-1], d.kmax
     flat = b == 1 and not fused
+    form = "fused" if fused else "flat" if flat else "rows"
     exp = tables.exp
     tiny = underflow_limit(lam.dtype)
     low = tt = None
-    for blk in d.blocks:
+    for blk in blocks:
         if flat:
             lo = lam.view(-1).index_select(0, blk.other_flat).view(-1, k, 1)
         else:
@@ -121,33 +132,97 @@ def pair_sweep(
                     tt = theta.t().contiguous()  # (T, B)
                 rows = d.tab_rows[blk.start * k * k : blk.stop * k * k]
                 mu = pair_mu_log(tt.index_select(0, rows).view(-1, k, k, b), lo, blk)
-        pair_write_back(lam, tables.nodes, mu, blk, d.uniform, flat)
+        lam = pair_write_back(lam, tables.nodes, mu, blk, d.uniform, form)
     return lam, low
 
 
-class CompiledSweep:
-    """:func:`pair_sweep` under :func:`torch.compile`, for one engine, device and dtype.
+class _FusedBlock(NamedTuple):
+    """A :class:`PairBlock` of a compiled sweep: its index tensors are views of one tensor, so
+    that the compiled function has few inputs to guard (the fields :func:`pair_sweep` reads
+    with ``fused``, one state count and every ``ĉ = 1``)."""
 
-    Compiling happens on the first call (seconds to a minute; again for a new batch size).
-    Calling returns the new slots, or None if compiling failed: the engine then warns once and
-    sweeps eagerly from then on.
+    start: int
+    stop: int
+    other: Tensor
+    node_pos: Tensor
+    nodes: Tensor
+    weight: Tensor
+    temper: Temper
+    kernel: str
+    single: bool
+
+
+def _fused_sweep(
+    lam: Tensor,
+    theta: Tensor,
+    tables: SweepTables,
+    index: Tensor,
+    weights: Tensor,
+    spans: tuple[tuple[int, int, int, int], ...],
+    temper: Temper,
+    kernel: str,
+    d: PairwisePlan,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`pair_sweep` with ``fused``, its blocks rebuilt from ``index`` (what is compiled):
+    ``spans`` holds each block's slots ``start..stop``, its offset in ``index`` and its number
+    of nodes; every block has the same ``temper`` (all ``ĉ = 1``) and ``kernel``."""
+    blocks = []
+    for start, stop, off, n in spans:
+        p = stop - start
+        node_pos = index[off + p : off + 2 * p]
+        nodes = index[off + 2 * p : off + 2 * p + n]
+        w = weights[start:stop]
+        blocks.append(
+            _FusedBlock(
+                start, stop, index[off : off + p], node_pos, nodes, w, temper, kernel, n == 1
+            )
+        )
+    return pair_sweep(lam, theta, tables, blocks, d, True)
+
+
+class CompiledSweep:
+    """:func:`pair_sweep` under :func:`torch.compile`, for one engine, plan, device and dtype.
+
+    The blocks' index tensors are concatenated into one tensor (and their weights into another)
+    so that the compiled function guards a handful of inputs, not a few per block. Compiling
+    happens on the first call (seconds to a minute; again for a new batch size). Calling returns
+    the new messages, or None if compiling failed: the engine then warns once and sweeps eagerly
+    from then on.
     """
 
-    def __init__(self) -> None:
-        self._fn = torch.compile(pair_sweep)
+    def __init__(self, d: PairwisePlan) -> None:
+        parts, spans, off = [], [], 0
+        for blk in d.blocks:
+            p, n = blk.stop - blk.start, int(blk.nodes.numel())
+            parts += [blk.other, blk.node_pos, blk.nodes]
+            spans.append((blk.start, blk.stop, off, n))
+            off += 2 * p + n
+        dtype = d.node_valid.dtype
+        self._weights = torch.cat(
+            [
+                blk.weight.to(dtype)
+                if isinstance(blk.weight, Tensor)
+                else blk.other.new_full((blk.stop - blk.start, 1, 1), blk.weight, dtype=dtype)
+                for blk in d.blocks
+            ]
+        )
+        self._index, self._spans = torch.cat(parts), tuple(spans)
+        self._temper, self._kernel = d.blocks[0].temper, d.blocks[0].kernel
+        self._fn = torch.compile(_fused_sweep)
 
     def __call__(
         self, prep: PreparedPotentials, msgs: Tensor, d: PairwisePlan, stacklevel: int
     ) -> Tensor | None:
         theta = prep.theta.detach()
         tables = prep.sweep_tables(d)
+        consts = (self._index, self._weights, self._spans, self._temper, self._kernel, d)
         try:
-            lam, low = self._fn(to_slots(msgs, d, copy=True), theta, tables, d, True)
+            lam, low = self._fn(to_slots(msgs, d), theta, tables, *consts)
             # underflow somewhere (later blocks may then have met inf - inf: NaN, which fails
             # this test too): the whole sweep again, in log space
             if low is not None and not bool(low >= underflow_limit(theta.dtype)):
                 logt = SweepTables(tables.nodes, dense_tables(theta, d, d.tab_rows)[1], None)
-                lam, _ = self._fn(to_slots(msgs, d, copy=True), theta, logt, d, True)
+                lam, _ = self._fn(to_slots(msgs, d), theta, logt, *consts)
         except Exception as err:  # no working compiler, say
             warnings.warn(
                 f"ConvexBP(compile=True): torch.compile failed ({type(err).__name__}: "

@@ -127,22 +127,30 @@ def pair_mu_exp_one(lo: Tensor, exp: ExpTables, blk: PairBlock) -> tuple[Tensor,
 
 
 def pair_write_back(
-    lam: Tensor, nodes: Tensor, mu: Tensor, blk: PairBlock, uniform: bool, flat: bool
-) -> None:
-    """Steps 2 and 3 of the block update on the fast path, in place on the slots ``lam``.
+    lam: Tensor, nodes: Tensor, mu: Tensor, blk: PairBlock, uniform: bool, form: str
+) -> Tensor:
+    """Steps 2 and 3 of the block update on the fast path: the new slots ``lam``.
 
-    ``a_i = f_i + sum_{e at i} mu[e->i]``; ``lam[i->e] = w_e a_i - mu[e->i]``, written straight
-    into the block's slots (they are not read again in this block); padding states send 0.
-    ``flat`` (one example): gathers on the flat ``(S*K,)`` slots, far faster than on rows of
-    ``(K, 1)``.
+    ``a_i = f_i + sum_{e at i} mu[e->i]``; ``lam[i->e] = w_e a_i - mu[e->i]``; padding states
+    send 0. ``form``: ``"rows"`` writes in place into the block's slots (they are not read again
+    in this block); ``"flat"`` (one example) the same with gathers on the flat ``(S*K,)`` slots,
+    far faster than on rows of ``(K, 1)``; ``"fused"`` returns a new tensor (``index_copy``), the
+    form a compiler fuses.
     """
     a = nodes.index_select(0, blk.nodes)
+    if form == "fused":
+        if blk.single:
+            a = a + mu.sum(0, keepdim=True)
+        else:
+            a = a.index_add(0, blk.node_pos, mu).index_select(0, blk.node_pos)
+        pos = torch.arange(blk.start, blk.stop, device=lam.device)
+        return lam.index_copy(0, pos, a * blk.weight - mu)
     out = lam[blk.start : blk.stop]
     if blk.single:
         a = a.add_(mu.sum(0, keepdim=True))
         w = blk.weight
         torch.sub(a.mul_(w) if isinstance(w, float) else a * w, mu, out=out)
-    elif flat:
+    elif form == "flat":
         af = a.view(-1).index_add_(0, blk.node_pos_flat, mu.view(-1))
         torch.index_select(af, 0, blk.node_pos_flat, out=out.view(-1))
         out.mul_(blk.weight).sub_(mu)
@@ -150,3 +158,4 @@ def pair_write_back(
         write_back(a.index_add_(0, blk.node_pos, mu), mu, blk.node_pos, blk.weight, 0, out=out)
     if not uniform:
         out *= blk.mask
+    return lam
