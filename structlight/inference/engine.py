@@ -3,8 +3,6 @@ and dtype, and hands every call to the functions of the package (see ``docs/infe
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -15,13 +13,7 @@ from structlight.inference import readout
 from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
 from structlight.inference.plan import Plan, build_plan
 from structlight.inference.prepared import PreparedPotentials, clamp, version_of
-from structlight.inference.sweep import (
-    CompiledSweep,
-    from_slots,
-    general_sweep,
-    pair_sweep,
-    to_slots,
-)
+from structlight.inference.sweep import CompiledSweep, sweep_messages
 
 #: Potentials as the methods of :class:`ConvexBP` take them: plain, or prepared once.
 PotentialsLike = Potentials | PreparedPotentials
@@ -42,14 +34,10 @@ class ConvexBP:
             to a minute on first use and per batch size; if it fails a warning says so and this
             instance sweeps eagerly from then on.
 
-    Potentials are a list of ``num_regions`` tables, region ``r`` of shape
-    ``(B, *graph.region_shape(r))`` (a leading 1 broadcasts), a packed ``(B, T)`` tensor
-    (:attr:`layout`), or a :class:`PreparedPotentials` (:meth:`prepare`); messages are ``(B, M)``
-    (:meth:`init_messages`). float32 and float64, CPU and CUDA; half precision is refused.
-
-    No method keeps anything of its inputs. The instance caches its plan per (device, dtype) and
-    its compiled sweeps, each built once and never changed (two racing threads build identical
-    entries), and pickles without them; the compile-failure flag is set at most once.
+    Potentials: ``num_regions`` tables ``(B or 1, *graph.region_shape(r))``, packed ``(B, T)``
+    (:attr:`layout`), or :meth:`prepare`'s object; messages: ``(B, M)``. float32 or float64.
+    No method keeps anything of its inputs; the plan per (device, dtype) and the compiled sweeps
+    are built once each, never changed, and left out of pickles.
     """
 
     def __init__(
@@ -67,10 +55,6 @@ class ConvexBP:
         self.num_entries = self.layout.num_entries
         self.num_message_entries = self.layout.num_message_entries
         self._host_plan = build_plan(graph, self.layout, eps, fast_path)
-        shapes: dict[tuple[int, ...], list[int]] = {}
-        for r in range(graph.num_regions):
-            shapes.setdefault(tuple(graph.region_shape(r)), []).append(r)
-        self._regions_by_shape = shapes
         self._plans: dict[tuple[torch.device, torch.dtype], Plan] = {}
         self._compiled: dict[tuple[torch.device, torch.dtype], CompiledSweep] = {}
         self._compile_failed = False
@@ -98,12 +82,11 @@ class ConvexBP:
 
     # ------------------------------------------------------------------ inputs
     def pack(self, pots: Potentials, batch_size: int | None = None) -> Tensor:
-        """Region tables (or packed potentials) as ``(B, T)``, entries clamped to
-        :data:`NEG_INF`; see :meth:`PackedLayout.pack` for the arguments and errors."""
+        """:meth:`PackedLayout.pack`, entries clamped to :data:`NEG_INF`."""
         return self.layout.pack(pots, batch_size).clamp_min(NEG_INF)
 
     def unpack(self, theta: Tensor) -> list[Tensor]:
-        """Packed ``(B, T)`` potentials or beliefs as per-region views (:meth:`PackedLayout.unpack`)."""
+        """:meth:`PackedLayout.unpack`: per-region views of ``(B, T)``."""
         return self.layout.unpack(theta)
 
     def prepare(self, pots: PotentialsLike, batch_size: int | None = None) -> PreparedPotentials:
@@ -151,20 +134,17 @@ class ConvexBP:
         """
         prep, plan = self._resolve(pots, msgs)
         with torch.no_grad():
-            msgs, d = msgs.detach(), plan.pairwise
-            if d is None:
-                return general_sweep(prep.theta.detach(), msgs, plan)
+            compiled = None
             if self.uses_compiled_sweeps:
                 key = (prep.device, prep.dtype)
-                fn = self._compiled.get(key) or self._compiled.setdefault(key, CompiledSweep(d))
-                out = fn(prep, msgs, d, stacklevel=3)
-                if out is not None:
-                    return out
+                compiled = self._compiled.get(key) or self._compiled.setdefault(
+                    key, CompiledSweep(plan.pairwise)
+                )
+            out = sweep_messages(prep, msgs.detach(), plan, compiled)
+            if out is None:  # compiling failed (and warned): eager from now on
                 self._compile_failed = True
-            tables = prep.sweep_tables(d)
-            theta, lam = prep.theta.detach(), to_slots(msgs, d, copy=True)
-            lam, _ = pair_sweep(lam, theta, tables, d.blocks, d, False)
-            return from_slots(lam, d)
+                out = sweep_messages(prep, msgs.detach(), plan, None)
+            return out
 
     def run(
         self,
@@ -216,14 +196,7 @@ class ConvexBP:
         prep, plan = self._resolve(pots, msgs)
         pad = readout.padded(readout.reparameterize(prep.theta, msgs, plan), plan)
         pad = readout.region_beliefs(pad, prep.theta, msgs, plan)
-        out: list[Tensor] = [pad] * self.graph.num_regions  # every entry replaced below
-        # regions of one shape at once: one gather, then views
-        for shape, regs in self._regions_by_shape.items():
-            sub = pad.index_select(1, torch.as_tensor(regs, device=pad.device))
-            sub = sub[:, :, : math.prod(shape)].reshape(pad.shape[0], len(regs), *shape)
-            for r, t in zip(regs, sub.unbind(1), strict=True):
-                out[r] = t
-        return out
+        return readout.split_regions(pad, plan.regions_by_shape)
 
     def variable_beliefs(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """Per-variable beliefs ``(B, N, Kmax)`` from the smallest region holding each variable
@@ -231,11 +204,16 @@ class ConvexBP:
         prep, plan = self._resolve(pots, msgs)
         return readout.variable_beliefs(prep.theta, msgs, plan)
 
+    def predict(self, pots: PotentialsLike, msgs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(labels, beliefs)``: :meth:`decode` and the :meth:`variable_beliefs` it decodes."""
+        prep, plan = self._resolve(pots, msgs)
+        vb = readout.variable_beliefs(prep.theta, msgs, plan)
+        return readout.decode(vb, plan), vb
+
     def decode(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
         """Marginal decoding: the arg-max of each variable's belief (first state on ties),
         ``(B, N)`` long; a variable in no region decodes to state 0."""
-        vb = self.variable_beliefs(pots, msgs)
-        return readout.decode(vb, self._plan(vb.device, vb.dtype))
+        return self.predict(pots, msgs)[0]
 
     def score(self, pots: PotentialsLike, labels: Tensor) -> Tensor:
         """``F(y) = sum_r f_r(y_r)`` of ``(B, N)`` labels, ``(B,)``; differentiable.
@@ -243,15 +221,8 @@ class ConvexBP:
         Raises:
             ValueError: labels of the wrong shape or batch size, or out of range.
         """
-        g = self.graph
-        if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.shape[1] != g.num_vars:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must have shape (B, {g.num_vars}), got {shape}")
+        readout.check_labels(labels, self.graph.num_vars)
         if isinstance(pots, PreparedPotentials):
             pots = self.prepare(pots).theta  # (the staleness check)
         theta = self.layout.pack(pots, batch_size=labels.shape[0])
-        if theta.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"labels have batch size {labels.shape[0]} but potentials {theta.shape[0]}"
-            )
         return readout.score(theta, labels, self._plan(theta.device, theta.dtype))

@@ -17,7 +17,7 @@ added (``xadd``) and those out of ``p`` subtracted (``xsub``); then each entry o
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -111,8 +111,9 @@ class Plan:
     edge_child: Tensor  # (E,) child region of each message
     edge_parent: Tensor  # (E,) parent region of each message
     zero_levels: list[ZeroLevel]  # ĉ = 0 regions with parents, top-down
+    num_states: Tensor  # (N,) state counts
+    regions_by_shape: dict[tuple[int, ...], list[int]]  # region indices by region shape
     pairwise: PairwisePlan | None = None
-    num_states: Tensor = field(default=None)  # (N,) state counts
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Plan:
         """The plan as tensors on ``device`` (float arrays in ``dtype``)."""
@@ -268,6 +269,9 @@ def build_plan(graph: RegionGraph, layout: PackedLayout, eps: float, fast_path: 
     var_fill = np.zeros(int(ks.sum()) + 1)
     for v in missing:
         var_fill[var_off[v] : var_off[v] + ks[v]] = 1.0 / ks[v]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for r in range(num_r):
+        by_shape.setdefault(tuple(g.region_shape(r)), []).append(r)
     lmax = max(len(r) for r in g.regions)
     svars = np.zeros((num_r, lmax), dtype=np.int64)
     sstr = np.zeros((num_r, lmax), dtype=np.int64)
@@ -295,6 +299,7 @@ def build_plan(graph: RegionGraph, layout: PackedLayout, eps: float, fast_path: 
         edge_child=np.array([c for c, _ in g.edges], dtype=np.int64),
         edge_parent=np.array([p for _, p in g.edges], dtype=np.int64),
         zero_levels=_zero_levels(g, c_hat, sizes),
-        pairwise=build_pairwise_plan(g, layout, c_hat) if fast_path else None,
         num_states=ks,
+        regions_by_shape=by_shape,
+        pairwise=build_pairwise_plan(g, layout, c_hat) if fast_path else None,
     )

@@ -8,6 +8,8 @@ beliefs marginalised onto it and restricted to its arg-max face (:func:`face_bel
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,7 @@ from structlight.inference.tempered import soft_or_hard
 
 __all__ = [
     "TIE_RTOL",
+    "check_labels",
     "decode",
     "face_beliefs",
     "padded",
@@ -28,6 +31,7 @@ __all__ = [
     "region_beliefs",
     "reparameterize",
     "score",
+    "split_regions",
     "variable_beliefs",
 ]
 
@@ -202,13 +206,43 @@ def decode(vb: Tensor, plan: Plan) -> Tensor:
     return vb.masked_fill(~valid, -1.0).argmax(dim=-1)
 
 
+def split_regions(pad: Tensor, by_shape: dict[tuple[int, ...], list[int]]) -> list[Tensor]:
+    """Padded ``(B, R, Smax)`` region tables as ``R`` tensors ``(B, *region_shape(r))``;
+    ``by_shape`` groups the regions by shape: one gather per shape, then views (a loop of
+    thousands of per-region slices is slow on large graphs)."""
+    b = pad.shape[0]
+    out: list[Tensor] = [pad] * pad.shape[1]  # every entry replaced below
+    for shape, regs in by_shape.items():
+        sub = pad.index_select(1, torch.as_tensor(regs, device=pad.device))
+        sub = sub[:, :, : math.prod(shape)].reshape(b, len(regs), *shape)
+        for r, t in zip(regs, sub.unbind(1), strict=True):
+            out[r] = t
+    return out
+
+
+def check_labels(labels: object, num_vars: int) -> None:
+    """Labels must be a ``(B, N)`` tensor.
+
+    Raises:
+        ValueError: anything else, saying what arrived.
+    """
+    if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.shape[1] != num_vars:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must have shape (B, {num_vars}), got {shape}")
+
+
 def score(theta: Tensor, labels: Tensor, plan: Plan) -> Tensor:
     """``F(y) = sum_r f_r(y_r)`` of ``(B, N)`` labels, ``(B,)``; differentiable in ``theta``.
 
     Raises:
-        ValueError: a label is outside ``0..num_states[i] - 1`` (one host sync on a GPU: a clear
-            error beats a device-side assert, which would leave the CUDA context unusable).
+        ValueError: batch sizes differ, or a label is outside ``0..num_states[i] - 1`` (one
+            host sync on a GPU: a clear error beats a device-side assert, which would leave the
+            CUDA context unusable).
     """
+    if theta.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"labels have batch size {labels.shape[0]} but potentials {theta.shape[0]}"
+        )
     labels = labels.long().to(theta.device)
     ks = plan.num_states
     if bool(((labels < 0) | (labels >= ks)).any()):

@@ -29,7 +29,14 @@ from structlight.inference.update import (
     pair_write_back,
 )
 
-__all__ = ["CompiledSweep", "from_slots", "general_sweep", "pair_sweep", "to_slots"]
+__all__ = [
+    "CompiledSweep",
+    "from_slots",
+    "general_sweep",
+    "pair_sweep",
+    "sweep_messages",
+    "to_slots",
+]
 
 
 def underflow_limit(dtype: torch.dtype) -> float:
@@ -45,6 +52,21 @@ def general_sweep(theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
     for blk in plan.blocks:
         general_block_update(theta, lam, blk)
     return lam
+
+
+def sweep_messages(
+    prep: PreparedPotentials, msgs: Tensor, plan: Plan, compiled: CompiledSweep | None
+) -> Tensor | None:
+    """One sweep of ``msgs`` ``(B, M)`` on the plan's layout, compiled when ``compiled`` is
+    given (None back if compiling failed); new messages, ``msgs`` is not changed."""
+    d = plan.pairwise
+    if d is None:
+        return general_sweep(prep.theta.detach(), msgs, plan)
+    if compiled is not None:
+        return compiled(prep, msgs, d, stacklevel=4)
+    lam = to_slots(msgs, d, copy=True)
+    lam, _ = pair_sweep(lam, prep.theta.detach(), prep.sweep_tables(d), d.blocks, d, False)
+    return from_slots(lam, d)
 
 
 def to_slots(msgs: Tensor, d: PairwisePlan, copy: bool = False) -> Tensor:
