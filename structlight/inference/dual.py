@@ -10,6 +10,8 @@ autograd form on random graphs).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -32,6 +34,15 @@ from structlight.inference.sweep import to_slots
 from structlight.inference.tempered import soft_max, tree_max
 
 __all__ = ["PairDual", "general_dual", "pair_dual"]
+
+
+class _PairTerm(NamedTuple):
+    """The pair part of :class:`PairDual`'s forward, computed from the sweep's exp tables."""
+
+    exps: Tensor | None  # (E, K*K, B) E_e x_a x_b, the unnormalised pair beliefs (or None)
+    sums: Tensor  # (E, 1, B) their sums over the states
+    value: Tensor  # (B,) the pairs' dual terms, summed
+    shared: tuple[Tensor, ...] | None  # batch-shared tables: (E, x_a, x_b, E x_b) instead
 
 
 class PairDual(torch.autograd.Function):
@@ -71,7 +82,7 @@ class PairDual(torch.autograd.Function):
                 s = torch.mul(xa, t).sum(1, keepdim=True)
                 if not bool(s.amin() < tiny):
                     val = s.log().add_(c).add_(ma).add_(mb)
-                    pair_done = (None, s, val.sum(0)[0], (e4, xa, xb, t))
+                    pair_done = _PairTerm(None, s, val.sum(0)[0], (e4, xa, xb, t))
             else:
                 e = torch.mul(epair.view(-1, k, k, b), xa.unsqueeze(2))
                 e = e.mul_(xb.unsqueeze(1))
@@ -79,7 +90,7 @@ class PairDual(torch.autograd.Function):
                 s = e.sum(1, keepdim=True)
                 if not bool(s.amin() < tiny):
                     val = s.log().add_(c).add_(ma).add_(mb)
-                    pair_done = (e, s, val.sum(0)[0], None)
+                    pair_done = _PairTerm(e, s, val.sum(0)[0], None)
         pairs = None
         if tables is None:
             shared = shared_pairs(theta, d) if theta.device.type == "cpu" else None
@@ -171,13 +182,13 @@ def pair_dual(prep: PreparedPotentials, msgs: Tensor, plan: Plan) -> Tensor:
         # built (if any; log-space tables are not of use)
         tables = prep.built_tables()
         return PairDual.apply(theta, msgs, d, tables if tables and tables.exp else None)
-    fnode, fpair, raw, lam = pair_fhat(theta, msgs, d)
+    scores = pair_fhat(theta, msgs, d)
     node_b = pair_b = None
     if plan.has_zero:
-        node_b, pair_b = pair_beliefs(d, fnode, fpair, raw, lam)
+        node_b, pair_b = pair_beliefs(d, scores)
     k = d.kmax
-    pairs = fpair.view(fpair.shape[0], k * k, -1)
-    node_d = soft_max(fnode, d.node_temper, 1, node_b)
+    pairs = scores.pair.view(scores.pair.shape[0], k * k, -1)
+    node_d = soft_max(scores.node, d.node_temper, 1, node_b)
     pair_d = soft_max(pairs, d.pair_temper, 1, pair_b)
     return node_d.sum(0) + pair_d.sum(0)
 

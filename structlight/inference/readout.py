@@ -9,6 +9,7 @@ beliefs marginalised onto it and restricted to its arg-max face (:func:`face_bel
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ __all__ = [
     "decode",
     "face_beliefs",
     "padded",
+    "PairScores",
     "pair_beliefs",
     "pair_fhat",
     "region_beliefs",
@@ -130,12 +132,20 @@ def region_beliefs(pad: Tensor, theta: Tensor, msgs: Tensor, plan: Plan) -> Tens
     return bel.index_copy(1, zero, new)
 
 
-def pair_fhat(theta: Tensor, msgs: Tensor, d: PairwisePlan) -> tuple[Tensor, ...]:
-    """Reparameterised singleton ``(N, K, B)`` and pair ``(E, K, K, B)`` tables (fast path).
+class PairScores(NamedTuple):
+    """The fast path's reparameterised scores and what they were made of (batch-last)."""
+
+    node: Tensor  # (N, K, B) fhat_i
+    pair: Tensor  # (E, K, K, B) fhat_e
+    node_raw: Tensor  # (N, K, B) f_i
+    slots: Tensor  # (S, K, B) the messages
+
+
+def pair_fhat(theta: Tensor, msgs: Tensor, d: PairwisePlan) -> PairScores:
+    """Reparameterised singleton and pair tables on the fast path; differentiable.
 
     ``fhat_i = f_i - sum_{e at i} lam[i->e]`` and ``fhat_e(y_a, y_b) = f_e(y_a, y_b)
-    + lam[a->e](y_a) + lam[b->e](y_b)``, batch-last; differentiable. Then what they were made
-    of: the singleton tables ``f_i`` ``(N, K, B)`` and the slots ``(S, K, B)``.
+    + lam[a->e](y_a) + lam[b->e](y_b)``.
     """
     nodes, pairs = dense_tables(theta, d)
     lam = to_slots(msgs, d)
@@ -143,18 +153,17 @@ def pair_fhat(theta: Tensor, msgs: Tensor, d: PairwisePlan) -> tuple[Tensor, ...
     fpair = pairs + lam.index_select(0, d.end0).unsqueeze(2)
     fpair = fpair + lam.index_select(0, d.end1).unsqueeze(1)
     fnode = nodes.index_add(0, d.slot_var, lam, alpha=-1)
-    return fnode, fpair, nodes, lam
+    return PairScores(fnode, fpair, nodes, lam)
 
 
-def pair_beliefs(
-    d: PairwisePlan, fnode: Tensor, fpair: Tensor, f_raw: Tensor, lam: Tensor
-) -> tuple[Tensor, Tensor]:
+def pair_beliefs(d: PairwisePlan, scores: PairScores) -> tuple[Tensor, Tensor]:
     """Node ``(N, K, B)`` and pair ``(E, K*K, B)`` beliefs on the fast path, no gradient.
 
     What :func:`region_beliefs` gives on the general layout: softmax where ``ĉ > 0``; a ĉ = 0
     pair (no parents) gets the one-hot arg-max, a ĉ = 0 node the sum of its pairs' beliefs
-    marginalised onto it, on its arg-max face. The four tensors are :func:`pair_fhat`'s.
+    marginalised onto it, on its arg-max face.
     """
+    fnode, fpair, f_raw, lam = scores
     with torch.no_grad():
         k = d.kmax
         fn = fnode.detach()
@@ -180,13 +189,13 @@ def variable_beliefs(theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
     """Per-variable beliefs ``(B, N, Kmax)`` (entries past ``num_states[i]`` are 0)."""
     d = plan.pairwise
     if d is not None:
-        fnode, fpair, raw, lam = pair_fhat(theta, msgs, d)
+        scores = pair_fhat(theta, msgs, d)
         t = d.node_temper  # c_hat (N, 1) broadcasts against (B, N, K) as it is; inv (N, 1, 1)
-        nodes = fnode.permute(2, 0, 1)
+        nodes = scores.node.permute(2, 0, 1)
         soft = None if t.all_zero else torch.softmax(nodes * t.inv[:, 0], dim=-1)
         if t.all_pos:
             return soft
-        other = pair_beliefs(d, fnode, fpair, raw, lam)[0].permute(2, 0, 1)
+        other = pair_beliefs(d, scores)[0].permute(2, 0, 1)
         return other if soft is None else torch.where(t.c_hat > 0, soft, other)
     pad = padded(reparameterize(theta, msgs, plan), plan)
     pad = region_beliefs(pad, theta, msgs, plan)
