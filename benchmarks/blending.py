@@ -1,4 +1,4 @@
-"""Blending vs the double loop (the paper's Fig. 9), issue 7 part 1.
+"""Blending vs the double loop (the paper's Fig. 9).
 
 Trains the same Word50 model (one-layer MLP unaries 784-H-26, 2nd-order chain, eps = 1) twice
 from the same initialisation and on the same batches:
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from structlight import MLP, ChainHead
+from structlight import MLP, ChainHead, InferenceSettings
 from structlight.backbones import PerPosition
 
 
@@ -55,9 +55,7 @@ class Model(nn.Module):
             num_states=26,
             in_features=hidden,
             order=order,
-            blend=blend,
-            max_sweeps=20,
-            tol=tol if tol > 0 else None,
+            inference=InferenceSettings(blend=blend, max_sweeps=20, tol=tol if tol > 0 else None),
             num_train_examples=n,
         )
 

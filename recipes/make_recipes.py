@@ -150,7 +150,7 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
     if r.pairwise == "mlp":
         head["pairwise_hidden"] = [r.pair_hidden]
         head["pairwise_in_features"] = 1568
-    head.update({"eps": 1.0, "sweeps_per_step": 1})
+    head["inference"] = {"eps": 1.0, "sweeps_per_step": 1}
     model_args: dict[str, Any] = {"strategy": r.strategy, "scheduler_monitor": "val/char_acc"}
     if r.strategy in ("piecewise", "pretrain_joint"):
         model_args["unary_checkpoint"] = _unary_run(r.mlp_tag)

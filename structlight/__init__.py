@@ -14,7 +14,13 @@ from structlight.chain import (
     chain_viterbi,
 )
 from structlight.graph import RegionGraph
-from structlight.head import ChainHead, FullyConnectedHead, StructuredHead, StructuredLoss
+from structlight.head import (
+    ChainHead,
+    FullyConnectedHead,
+    InferenceSettings,
+    StructuredHead,
+    StructuredLoss,
+)
 from structlight.inference import NEG_INF, ConvexBP, PreparedPotentials
 from structlight.potentials import (
     MLP,
@@ -61,6 +67,7 @@ __all__ = [
     "chain_viterbi",
     "ChainHead",
     "FullyConnectedHead",
+    "InferenceSettings",
     "StructuredHead",
     "StructuredLoss",
     "CharacterAccuracy",
@@ -78,7 +85,7 @@ __all__ = [
     "DeepStructuredModel",
 ]
 
-# The command line and the pictures (issue 5); lazy too, as they import Lightning and matplotlib.
+# The command line and the pictures; lazy too, as they import Lightning and matplotlib.
 _LAZY.update(
     {
         "main": "structlight.cli",

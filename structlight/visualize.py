@@ -63,8 +63,10 @@ def first_layer_weight(module: nn.Module) -> Tensor | None:
 
 
 def _term_regions(head: nn.Module, name: str) -> list[int]:
-    regions = getattr(head, "_term_regions", {})
-    return list(regions.get(name, []))
+    """The regions of term ``name`` (:meth:`structlight.StructuredHead.term_regions`); none for
+    a head without that method."""
+    lookup = getattr(head, "term_regions", None)
+    return list(lookup(name)) if callable(lookup) else []
 
 
 def pairwise_tables(head: nn.Module) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from structlight import ConvexBP, RegionGraph
-from structlight.head import ChainHead, FullyConnectedHead, StructuredHead
+from structlight.head import ChainHead, FullyConnectedHead, InferenceSettings, StructuredHead
 from structlight.potentials import MLP, HigherOrderTable, PairwiseTable, Unary
 from structlight.store import MessageStore
 
@@ -69,7 +69,7 @@ def test_chain_head_packs_like_convexbp_pack():
     g = head.graph
     pots = [unary[:, i] for i in range(4)] + [tables[e : e + 1] for e in range(len(g.regions) - 4)]
     assert torch.equal(theta, head.bp.pack(pots, batch_size=2))
-    assert head._build_plan()["mode"] == "identity"
+    assert head.packing().mode == "identity"
 
 
 def test_generic_head_gather_add_and_higher_order():
@@ -81,7 +81,7 @@ def test_generic_head_gather_add_and_higher_order():
     head.add_potential("unary", Unary(4, 3), [0, 1, 2], unary=True)
     head.add_potential("pair", PairwiseTable((3, 3), groups=[0, 1], init_std=1.0), [3, 4])
     head.double()
-    assert head._build_plan()["mode"] == "gather"
+    assert head.packing().mode == "gather"
     x = torch.randn(2, 3, 4, dtype=torch.float64)
     theta = head(x, {})
     u = head.potentials["unary"](x)
@@ -92,7 +92,7 @@ def test_generic_head_gather_add_and_higher_order():
     # a second term on the pairs: tables add up
     head.add_potential("pair2", PairwiseTable((3, 3), groups=[0, 0], init_std=1.0), [3, 4])
     head.double()
-    assert head._build_plan()["mode"] == "add"
+    assert head.packing().mode == "add"
     w2 = head.potentials["pair2"].weight
     pots[3] = pots[3] + w2[:, :2, :]
     pots[4] = pots[4] + w2
@@ -122,10 +122,13 @@ def test_add_potential_errors():
 @pytest.mark.parametrize("kind", ["chain2", "full"])
 def test_loss_nonnegative_for_any_messages(eps, kind):
     torch.manual_seed(1)
+    settings = InferenceSettings(eps=eps)
     if kind == "chain2":
-        head = ChainHead(5, 4, 3, order=2, eps=eps, table_init_std=2.0, num_train_examples=6)
+        head = ChainHead(
+            5, 4, 3, order=2, inference=settings, table_init_std=2.0, num_train_examples=6
+        )
     else:
-        head = FullyConnectedHead(5, 3, num_states=3, eps=eps, table_init_std=2.0)
+        head = FullyConnectedHead(5, 3, num_states=3, inference=settings, table_init_std=2.0)
         head.store.resize(6)
     head = head.double()
     n, k = head.graph.num_vars, max(head.graph.num_states)
@@ -150,9 +153,8 @@ def test_loss_nonnegative_for_any_messages(eps, kind):
 def test_gradcheck_against_finite_differences():
     """Gradient of L = D(theta(w), lam) - F(theta(w), y*) with lam fixed, w.r.t. all parameters."""
     torch.manual_seed(0)
-    head = ChainHead(
-        4, 3, 5, order=2, pairwise="mlp", pairwise_source="features", pairwise_hidden=[2], eps=0.7
-    ).double()
+    kw = dict(pairwise="mlp", pairwise_source="features", pairwise_hidden=[2])
+    head = ChainHead(4, 3, 5, order=2, inference=InferenceSettings(eps=0.7), **kw).double()
     head.add_potential("extra", PairwiseTable((3, 3), groups=[0, 0, 0], init_std=0.5), [4, 5, 6])
     head.double()
     batch = make_batch(3, 4, 5, 3, seed=3)
@@ -185,7 +187,7 @@ def test_gradient_is_beliefs_minus_ground_truth():
         flat = torch.zeros(2, dtype=torch.long)
         for v, k in zip(reg, g.region_shape(r)):
             flat = flat * k + labels[:, v]
-        idx.append(head._offsets[r] + flat)
+        idx.append(head.bp.layout.region_slice(r).start + flat)
     onehot.scatter_(1, torch.stack(idx, 1), 1.0)
     assert torch.allclose(theta.grad, beliefs - onehot, atol=1e-10)
 
@@ -214,7 +216,8 @@ def test_unary_only_loss_is_cross_entropy():
 
 def test_hamming_augmentation_gives_the_structured_hinge_loss(brute_force):
     torch.manual_seed(3)
-    head = ChainHead(4, 3, 2, order=1, eps=0.0, table_init_std=1.0).double()
+    hinge = InferenceSettings(eps=0.0)
+    head = ChainHead(4, 3, 2, order=1, inference=hinge, table_init_std=1.0).double()
     assert head.loss_augmentation
     batch = make_batch(3, 4, 2, 3, seed=4)
     theta = head(batch["image"], batch)
@@ -225,12 +228,7 @@ def test_hamming_augmentation_gives_the_structured_hinge_loss(brute_force):
     assert torch.allclose(u_aug - u, 1 - nn.functional.one_hot(y, 3).double())
     # brute force: max_y F(y) + Hamming(y, y*) - F(y*)
     g = head.graph
-    pots = [
-        theta[:, head._offsets[r] : head._offsets[r] + g.region_size(r)].reshape(
-            3, *g.region_shape(r)
-        )
-        for r in range(g.num_regions)
-    ]
+    pots = head.bp.unpack(theta)
     all_y, scores = brute_force(g, pots)
     hamming = (all_y[None] != y[:, None]).sum(-1)
     hinge = (scores + hamming).max(1).values - head.bp.score(theta, y)
@@ -247,7 +245,10 @@ def test_hamming_augmentation_gives_the_structured_hinge_loss(brute_force):
 # ---------------------------------------------------------------------------- blending
 def test_blended_step_updates_only_the_batch_slots():
     torch.manual_seed(0)
-    head = ChainHead(5, 4, 3, order=2, sweeps_per_step=2, table_init_std=1.0, num_train_examples=10)
+    settings = InferenceSettings(sweeps_per_step=2)
+    head = ChainHead(
+        5, 4, 3, order=2, inference=settings, table_init_std=1.0, num_train_examples=10
+    )
     head = head.double()
     head.store.messages.normal_()
     before = head.store.messages.clone()
@@ -269,7 +270,8 @@ def test_blended_step_updates_only_the_batch_slots():
 
 def test_double_loop_restarts_from_zero_and_stores_nothing():
     torch.manual_seed(0)
-    head = ChainHead(5, 4, 3, blend=False, max_sweeps=20, tol=1e-6, table_init_std=1.0).double()
+    settings = InferenceSettings(blend=False, max_sweeps=20, tol=1e-6)
+    head = ChainHead(5, 4, 3, inference=settings, table_init_std=1.0).double()
     batch = make_batch(3, 5, 3, 4)
     batch.pop("index")  # not needed without blending
     theta = head(batch["image"], batch)
@@ -295,20 +297,24 @@ def test_blended_and_double_loop_reach_the_same_loss_with_many_sweeps():
     batch = make_batch(8, 5, 8, 4, seed=5)
     kw = dict(num_vars=5, num_states=4, in_features=8, order=1)
     torch.manual_seed(0)
-    blended = ChainHead(**kw, sweeps_per_step=10, num_train_examples=8).double()
+    blended = ChainHead(**kw, inference=InferenceSettings(sweeps_per_step=10), num_train_examples=8)
+    blended = blended.double()
     torch.manual_seed(0)
-    double = ChainHead(**kw, blend=False, max_sweeps=10, tol=None).double()
+    loop10 = InferenceSettings(blend=False, max_sweeps=10, tol=None)
+    double = ChainHead(**kw, inference=loop10).double()
     assert all(torch.equal(a, b) for a, b in zip(blended.parameters(), double.parameters()))
     lb, ld = _train(blended, batch, 10), _train(double, batch, 10)
     torch.manual_seed(0)
-    start = _train(ChainHead(**kw, blend=False, max_sweeps=10, tol=None).double(), batch, 0)
+    start = _train(ChainHead(**kw, inference=loop10).double(), batch, 0)
     assert lb < 0.8 * start  # it did learn
     assert lb == pytest.approx(ld, rel=1e-4)
     # with a single sweep per step the two differ (the blended messages lag behind)
     torch.manual_seed(0)
-    one = ChainHead(**kw, sweeps_per_step=1, num_train_examples=8).double()
+    one = ChainHead(**kw, inference=InferenceSettings(sweeps_per_step=1), num_train_examples=8)
+    one = one.double()
     torch.manual_seed(0)
-    one_dl = ChainHead(**kw, blend=False, max_sweeps=1, tol=None).double()
+    loop1 = InferenceSettings(blend=False, max_sweeps=1, tol=None)
+    one_dl = ChainHead(**kw, inference=loop1).double()
     assert _train(one, batch, 5) != pytest.approx(_train(one_dl, batch, 5), rel=1e-4)
 
 
@@ -396,12 +402,15 @@ def test_chain_head_viterbi_decoding_is_the_exact_map():
 
 
 def test_compile_sweeps_head_trains_like_the_eager_head(recwarn):
-    """``compile_sweeps=True`` reaches the engine; the step's store, loss and gradients agree."""
+    """``InferenceSettings(compile_sweeps=True)`` reaches the engine; the step's store, loss and
+    gradients agree."""
     torch.manual_seed(0)
     eager = FullyConnectedHead(6, 5, table_init_std=1.0, num_train_examples=8).double()
+    settings = InferenceSettings(compile_sweeps=True)
     compiled = FullyConnectedHead(
-        6, 5, table_init_std=1.0, num_train_examples=8, compile_sweeps=True
-    ).double()
+        6, 5, table_init_std=1.0, num_train_examples=8, inference=settings
+    )
+    compiled = compiled.double()
     compiled.load_state_dict(eager.state_dict())
     assert compiled.bp.compile and compiled.bp.uses_compiled_sweeps and not eager.bp.compile
     x = torch.randn(4, 5, dtype=torch.float64)
@@ -419,3 +428,66 @@ def test_compile_sweeps_head_trains_like_the_eager_head(recwarn):
     torch.testing.assert_close(outs[1].loss, outs[0].loss, rtol=1e-10, atol=1e-12)
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+# ---------------------------------------------------------------------------- settings, schedules
+def test_inference_settings_validate_and_choose_the_schedule():
+    from structlight.head import Blended, DoubleLoop
+
+    default = InferenceSettings()
+    assert default.schedule() == Blended(1) and default.augments_loss is False
+    assert InferenceSettings(eps=0).eps == 0.0 and InferenceSettings(eps=0).augments_loss
+    assert not InferenceSettings(eps=0, loss_augmentation=False).augments_loss
+    loop = InferenceSettings(blend=False, max_sweeps=7, tol=None)
+    assert loop.schedule() == DoubleLoop(7, None) and not loop.schedule().uses_store
+    for kw, err, match in [
+        ({"eps": -1.0}, ValueError, "eps must be finite and >= 0, got -1.0"),
+        ({"eps": float("inf")}, ValueError, "eps must be finite"),
+        ({"eps": "1"}, TypeError, "eps must be a number"),
+        ({"sweeps_per_step": 1.0}, TypeError, "sweeps_per_step must be an int, got 1.0"),
+        ({"sweeps_per_step": 0}, ValueError, "sweeps_per_step must be >= 1, got 0"),
+        ({"max_sweeps": 0}, ValueError, "max_sweeps must be an int >= 1, got 0"),
+        ({"max_sweeps": True}, ValueError, "max_sweeps must be an int >= 1, got True"),
+        ({"tol": -1e-3}, ValueError, "tol must be >= 0 or None, got -0.001"),
+        ({"compile_sweeps": 1}, TypeError, "compile_sweeps must be True or False, got 1"),
+    ]:
+        with pytest.raises(err, match=match):
+            InferenceSettings(**kw)
+
+
+def test_head_reads_its_settings_from_one_object():
+    settings = InferenceSettings(eps=0.5, sweeps_per_step=3, blend=False, max_sweeps=4, tol=None)
+    head = ChainHead(4, 3, 2, inference=settings)
+    assert head.inference is settings and head.bp.eps == 0.5
+    views = (head.eps, head.sweeps_per_step, head.blend, head.max_sweeps, head.tol)
+    assert views == (0.5, 3, False, 4, None)
+    assert head.schedule == settings.schedule() and head.loss_augmentation is False
+    with pytest.raises(AttributeError):
+        head.eps = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match=r"inference=InferenceSettings\(eps=0.0, blend=False\)"):
+        ChainHead(4, 3, 2, eps=0.0, blend=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"FullyConnectedHead got sweeps_per_step"):
+        FullyConnectedHead(4, 2, sweeps_per_step=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="inference must be an InferenceSettings.*got dict"):
+        ChainHead(4, 3, 2, inference={"eps": 1.0})  # type: ignore[arg-type]
+    assert head.term_regions("pairwise") == head.graph.regions_of_size(2)
+    with pytest.raises(KeyError, match="no potential term named 'nope'"):
+        head.term_regions("nope")
+
+
+def test_schedules_run_the_documented_sweeps():
+    """Blended: exactly ``sweeps_per_step`` sweeps from the given messages; DoubleLoop: the
+    engine's run to ``tol`` (or ``max_sweeps``)."""
+    from structlight.head import Blended, DoubleLoop
+
+    torch.manual_seed(0)
+    bp = ConvexBP(RegionGraph.chain(4, 3, 2))
+    theta = torch.randn(2, bp.num_entries, dtype=torch.float64)
+    prep = bp.prepare(theta)
+    start = torch.randn(2, bp.num_message_entries, dtype=torch.float64)
+    msgs, num = Blended(2).run(bp, prep, start)
+    assert num == 2 and torch.equal(msgs, bp.sweep(theta, bp.sweep(theta, start)))
+    msgs, num = DoubleLoop(50, 1e-9).run(bp, prep, bp.init_messages(2, torch.float64))
+    want, duals = bp.run(theta, num_sweeps=50, tol=1e-9)
+    assert num == duals.shape[0] < 50 and torch.equal(msgs, want)
+    assert DoubleLoop(3, None).run(bp, prep, start)[1] == 3

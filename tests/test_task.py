@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from structlight.head import ChainHead, FullyConnectedHead
+from structlight.head import ChainHead, FullyConnectedHead, InferenceSettings
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule, SyntheticChainDataset
 from tests.ddp_scripts.common import quiet_trainer as make_trainer
@@ -114,7 +114,11 @@ def test_messages_after_k_epochs_equal_k_sweeps_with_lr_zero():
 
 @pytest.mark.parametrize(
     "head_kw",
-    [{}, {"eps": 0.0, "order": 2}, {"blend": False, "max_sweeps": 5}],
+    [
+        {},
+        {"inference": InferenceSettings(eps=0.0), "order": 2},
+        {"inference": InferenceSettings(blend=False, max_sweeps=5)},
+    ],
     ids=["eps1-blend", "eps0-hinge", "double-loop"],
 )
 def test_loss_nonnegative_on_every_batch_and_logged(head_kw):
@@ -131,7 +135,7 @@ def test_loss_nonnegative_on_every_batch_and_logged(head_kw):
         assert key in logged, sorted(logged)
     assert float(logged["train/dual_change"]) <= 1e-5
     assert {"val/char_acc", "val/word_acc"} <= set(trainer.callback_metrics)
-    if not head_kw.get("blend", True):
+    if not model.head.blend:
         assert 1 <= float(logged["train/sweeps"]) <= 5
         assert model.head.store.num_examples == 0  # the double loop keeps no messages
 

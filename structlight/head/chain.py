@@ -1,0 +1,132 @@
+""":class:`ChainHead`: sequence labelling on a chain (e.g. Word50's five characters)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from structlight.chain import chain_marginals, chain_potentials, chain_viterbi
+from structlight.graph import RegionGraph
+from structlight.head.base import StructuredHead
+from structlight.head.builders import (
+    Share,
+    UnaryMode,
+    add_pairwise_mlps,
+    add_unary_and_tables,
+    check_choice,
+)
+from structlight.head.settings import InferenceSettings, check_head_kwargs
+
+__all__ = ["ChainHead"]
+
+
+class ChainHead(StructuredHead):
+    """A chain over N positions (sequence labelling, e.g. Word50's five characters).
+
+    Regions: N singletons, then the edges ``(i, i + d)`` for ``d = 1..order`` (see
+    :meth:`RegionGraph.chain`). Unary: :class:`Unary` from the backbone's per-position features
+    ``(B, N, in_features)`` (or global ``(B, in_features)`` with ``unary_mode="global"``).
+
+    Parameter counts of the paper's Word50 models with backbone ``PerPosition(MLP(784, [1024]))``
+    and ``in_features=1024``: ``pairwise="table"``, order 1: 831,166; order 2 (``share="type"``,
+    separate distance-1/-2 tables): 831,842; ``pairwise="mlp"``, ``pairwise_in_features=1568``,
+    ``pairwise_hidden=[64]``: 974,846.
+
+    Args:
+        num_vars: chain length N.
+        num_states: states per position K.
+        in_features: backbone feature size F.
+        order: largest edge distance (1: 1st order, 2: 2nd order).
+        pairwise: ``"table"`` (learned K x K tables), ``"mlp"`` (:class:`PairwiseMLP` on the two
+            positions' inputs) or ``"none"`` (unaries only).
+        share: ``"type"`` (default: one table/MLP per edge distance), ``"shared"`` (one for all
+            edges) or ``"edge"`` (one per edge).
+        pairwise_hidden: hidden sizes of the pairwise MLP (default ``[64]``).
+        pairwise_in_features: input size of the pairwise MLP (two positions' flattened inputs,
+            1568 for 28x28 characters); default ``2 * in_features`` when
+            ``pairwise_source="features"``.
+        pairwise_source: ``"input"`` (read ``batch[input_key]``) or ``"features"``.
+        input_key: batch key of the raw inputs (for ``pairwise_source="input"``).
+        unary_mode: ``"per_variable"`` or ``"global"`` (see :class:`Unary`).
+        unary_hidden: hidden layers of the unary network (default none: one Linear).
+        table_init_std: pairwise tables start as ``N(0, table_init_std^2)``.
+        counting_numbers: ``c_r`` per region (default 1 for all).
+        decoding: ``"marginal"`` (default): argmax of each position's belief after message
+            passing, as the paper; ``"viterbi"``: the exact MAP labelling by dynamic programming,
+            with exact marginals by the forward-backward algorithm (1st-order chains only).
+        inference: the message-passing settings (:class:`InferenceSettings`).
+        **kwargs: ``num_train_examples``, ``label_key``, ``index_key``, ``store_location``: see
+            :class:`StructuredHead`.
+    """
+
+    task_type = "sequence"
+
+    def __init__(
+        self,
+        num_vars: int,
+        num_states: int,
+        in_features: int,
+        order: int = 1,
+        pairwise: Literal["table", "mlp", "none"] = "table",
+        share: Share = "type",
+        pairwise_hidden: list[int] | None = None,
+        pairwise_in_features: int | None = None,
+        pairwise_source: Literal["input", "features"] = "input",
+        input_key: str = "image",
+        unary_mode: UnaryMode = "per_variable",
+        unary_hidden: list[int] | None = None,
+        table_init_std: float = 0.01,
+        counting_numbers: list[float] | None = None,
+        decoding: Literal["marginal", "viterbi"] = "marginal",
+        inference: InferenceSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_choice("pairwise", pairwise, ("table", "mlp", "none"))
+        check_choice("share", share, ("shared", "type", "edge"))
+        check_choice("decoding", decoding, ("marginal", "viterbi"))
+        if decoding == "viterbi" and order != 1:
+            raise ValueError(
+                f"decoding='viterbi' is exact on 1st-order chains only; this head has order={order}"
+            )
+        check_head_kwargs(type(self).__name__, kwargs)
+        graph = RegionGraph.chain(num_vars, num_states, order, counting_numbers=counting_numbers)
+        super().__init__(graph, inference=inference, **kwargs)
+        self.decoding = decoding
+        edges = add_unary_and_tables(
+            self, in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
+        )
+        if pairwise != "mlp" or not edges:
+            return
+        if pairwise_in_features is None:
+            if pairwise_source != "features":
+                raise ValueError(
+                    "pairwise='mlp' reads the two positions' raw inputs: pass "
+                    "pairwise_in_features (twice one position's input size, e.g. 1568 for 28x28 "
+                    "characters), or use pairwise_source='features'"
+                )
+            pairwise_in_features = 2 * in_features
+        hidden = [64] if pairwise_hidden is None else list(pairwise_hidden)
+        add_pairwise_mlps(
+            self, edges, num_states, share, pairwise_in_features, hidden, pairwise_source, input_key
+        )
+
+    def predict(self, theta: Tensor, msgs: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode the batch: marginal decoding (default) or, with ``decoding="viterbi"``, the
+        exact MAP labelling and exact marginals (``msgs`` are then not used).
+
+        Args:
+            theta: ``(B, T)``.
+            msgs: ``(B, M)``.
+
+        Returns:
+            ``(labels, marginals)``: ``(B, N)`` long and ``(B, N, K)``.
+        """
+        if self.decoding == "marginal":
+            return super().predict(theta, msgs)
+        with torch.no_grad():
+            unary, pairwise = chain_potentials(self.graph, theta.detach())
+            labels, _ = chain_viterbi(unary, pairwise)
+            _, marginals, _ = chain_marginals(unary, pairwise)
+            return labels, marginals

@@ -1,0 +1,179 @@
+"""The learning step of a :class:`~structlight.StructuredHead` (DESIGN §2, the paper's Fig. 3).
+
+* :meth:`HeadLosses.training_loss`: the batch's messages move by the head's message schedule
+  (:mod:`.schedules`) on the detached potentials, then ``loss_b = D(theta_b, lam_b) - F(x_b,
+  y*_b)`` with ``lam`` detached: ``loss_b >= 0`` always, and its gradient is the paper's
+  ``sum_r sum_{y_r} b_r(y_r) grad f_r(y_r) - grad F(x, y*)``;
+* :meth:`HeadLosses.structured_loss`: the same loss for given messages;
+* :meth:`HeadLosses.independent_loss`: the loss of the unaries alone (``unary_only``).
+
+With Hamming loss augmentation (on by default when ``eps = 0``) the unary tables get ``+1`` on
+every wrong state of each variable before inference, so the loss is the structured hinge loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from structlight.guard import PendingWrite
+from structlight.inference.tempered import soft_max
+from structlight.store import MessageStore
+
+__all__ = ["HeadLosses", "StructuredLoss"]
+
+
+@dataclass
+class StructuredLoss:
+    """Per-example results of one loss evaluation.
+
+    Attributes:
+        loss: ``(B,)`` per-example loss ``D - F(y*)``, differentiable w.r.t. the potentials.
+        dual: ``(B,)`` the dual ``D`` in the loss (detached).
+        dual_change: ``(B,)`` mean change of the dual per sweep in this step (after minus before;
+            ``<= 0``), or None when not tracked / no sweeps ran.
+        num_sweeps: sweeps run in this step.
+        pending: the batch's updated messages when :meth:`StructuredHead.training_loss` was
+            asked not to write them back (``write_back=False``), for the caller to write once the
+            step is known to be finite; None otherwise.
+    """
+
+    loss: Tensor
+    dual: Tensor
+    dual_change: Tensor | None
+    num_sweeps: int
+    pending: PendingWrite | None = None
+
+
+class HeadLosses:
+    """The losses of :class:`~structlight.StructuredHead`.
+
+    A mixin (before ``nn.Module`` in the head's bases). The head provides ``bp`` (its
+    :class:`~structlight.ConvexBP`), ``schedule``, ``store``, ``index_key``,
+    ``loss_augmentation``, ``labels_from``, ``augment``, ``unary_scores`` and ``_plan`` (its
+    packing on a device and dtype).
+    """
+
+    def structured_loss(self, theta: Tensor, labels: Tensor, msgs: Tensor) -> Tensor:
+        """``L = D(theta~, lam) - F(theta, y*)`` with ``lam`` held fixed.
+
+        ``theta~`` is ``theta`` augmented with the Hamming loss when ``loss_augmentation`` is on.
+
+        Args:
+            theta: ``(B, T)`` potentials.
+            labels: ``(B, N)`` ground truth.
+            msgs: ``(B, M)`` messages (detached here).
+
+        Returns:
+            ``(B,)``, ``>= 0``.
+        """
+        theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
+        return self.bp.dual(theta_inf, msgs.detach()) - self.bp.score(theta, labels)
+
+    def training_loss(
+        self,
+        theta: Tensor,
+        batch: Mapping[str, Any],
+        track_dual_change: bool = True,
+        write_back: bool = True,
+        labels: Tensor | None = None,
+    ) -> StructuredLoss:
+        """One step of the paper's algorithm on a batch: message passing, store update, loss.
+
+        The messages move by :attr:`schedule` on the detached potentials: blending
+        (``blend=True``) reads the batch's messages from the store, runs ``sweeps_per_step``
+        sweeps and writes them back; the double loop starts from zero messages, runs up to
+        ``max_sweeps`` sweeps (early stop at ``tol``) and stores nothing. The store never takes
+        a non-finite row: an example whose new messages hold a NaN or an infinity keeps its old
+        ones.
+
+        Args:
+            theta: ``(B, T)`` potentials from :meth:`forward`.
+            batch: the batch (labels, and the example indices when blending).
+            track_dual_change: compute the dual before the sweeps too (one more dual
+                evaluation), for :attr:`StructuredLoss.dual_change`.
+            write_back: write the new messages to the store now (default); False: return them
+                as :attr:`StructuredLoss.pending` instead, for the caller to write once the
+                whole step (gradients included) is known to be finite, as
+                :class:`structlight.DeepStructuredModel` does.
+            labels: ``(B, N)`` labels already checked by :meth:`labels_from` (the caller's own
+                check of this step); None: read and check ``batch[label_key]`` here.
+
+        Returns:
+            :class:`StructuredLoss` with the ``(B,)`` loss.
+
+        Raises:
+            ValueError: ``labels`` of another batch size than ``theta``.
+        """
+        b = theta.shape[0]
+        if labels is None:
+            labels = self.labels_from(batch, b)
+        elif labels.shape[0] != b:
+            raise ValueError(
+                f"labels have batch size {labels.shape[0]} but the potentials {b}: pass the "
+                "labels of this batch"
+            )
+        theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
+        # prepared once: the sweeps (no gradient) and the final dual (gradient to theta_inf)
+        # share its tables
+        fixed = self.bp.prepare(theta_inf)
+        if self.schedule.uses_store:
+            index = MessageStore.index_from(batch, self.index_key)
+            if index.dim() != 1 or index.shape[0] != b:
+                raise ValueError(
+                    f"batch[{self.index_key!r}] must have shape ({b},), got {tuple(index.shape)}"
+                )
+            start = self.store.gather(index, device=theta.device).to(dtype=theta.dtype)
+        else:
+            start = self.bp.init_messages(b, theta.dtype, theta.device)
+        dual_before = None
+        if track_dual_change:
+            with torch.no_grad():
+                dual_before = self.bp.dual(fixed, start)
+        msgs, num = self.schedule.run(self.bp, fixed, start)
+        pending = None
+        if self.schedule.uses_store:
+            pending = PendingWrite(self.store, index, start, msgs)
+            if write_back:
+                finite = torch.isfinite(msgs).all(dim=1, keepdim=True)
+                self.store.scatter(index, torch.where(finite, msgs, start))
+                pending = None
+        dual = self.bp.dual(fixed, msgs.detach())
+        loss = dual - self.bp.score(theta, labels)
+        change = None
+        if dual_before is not None and num > 0:
+            change = (dual.detach() - dual_before) / num
+        return StructuredLoss(
+            loss=loss, dual=dual.detach(), dual_change=change, num_sweeps=num, pending=pending
+        )
+
+    def independent_loss(self, theta: Tensor, labels: Tensor) -> StructuredLoss:
+        """The loss of the model without its pairwise and higher-order regions (``unary_only``).
+
+        Per variable ``ĉ_i log sum exp(u_i / ĉ_i) - u_i(y*_i)`` (``max`` for ``ĉ_i = 0``, with the
+        Hamming augmentation when ``loss_augmentation``): for ``eps = c_i = 1`` the sum of the
+        per-variable cross-entropies. (With the pairwise tables merely set to zero the dual with
+        ``c_r = 1`` would instead be a tempered loss: variable ``i`` with ``d_i`` edges enters as
+        ``(1 + d_i) log sum exp(u_i / (1 + d_i))``.)
+
+        Args:
+            theta: ``(B, T)``; only the singleton tables are read.
+            labels: ``(B, N)``.
+
+        Returns:
+            :class:`StructuredLoss` (no messages, ``num_sweeps = 0``).
+        """
+        labels = labels.to(theta.device)
+        u = self.unary_scores(theta)
+        score = u.gather(2, labels[..., None]).squeeze(2)
+        if self.loss_augmentation:
+            u = self.unary_scores(self.augment(theta, labels))
+        plan = self._plan(theta.device, theta.dtype)
+        dual = soft_max(u, plan.temper, -1).sum(1)
+        return StructuredLoss(
+            loss=dual - score.sum(1), dual=dual.detach(), dual_change=None, num_sweeps=0
+        )
