@@ -175,9 +175,9 @@ class PairDual(torch.autograd.Function):
 
 def pair_dual(prep: PreparedPotentials, msgs: Tensor, plan: Plan) -> Tensor:
     """The dual on the fast path, ``(B,)``."""
-    d = plan.pairwise
+    d, masks = plan.pairwise, prep.masks
     theta = prep.theta
-    if d.uniform and d.node_temper.unit and d.pair_temper.unit:
+    if d.uniform and d.node_temper.unit and d.pair_temper.unit and masks is None:
         # every ĉ = 1: the custom Function, on the exp tables a sweep on this prepared object
         # built (if any; log-space tables are not of use)
         tables = prep.built_tables()
@@ -185,16 +185,23 @@ def pair_dual(prep: PreparedPotentials, msgs: Tensor, plan: Plan) -> Tensor:
     scores = pair_fhat(theta, msgs, d)
     node_b = pair_b = None
     if plan.has_zero:
-        node_b, pair_b = pair_beliefs(d, scores)
+        node_b, pair_b = pair_beliefs(d, scores, masks)
     k = d.kmax
     pairs = scores.pair.view(scores.pair.shape[0], k * k, -1)
     node_d = soft_max(scores.node, d.node_temper, 1, node_b)
     pair_d = soft_max(pairs, d.pair_temper, 1, pair_b)
+    if masks is not None:  # absent regions: no term
+        node_d = torch.where(masks.node, node_d, 0.0)
+        pair_d = torch.where(masks.pair, pair_d, 0.0)
     return node_d.sum(0) + pair_d.sum(0)
 
 
 def general_dual(prep: PreparedPotentials, msgs: Tensor, plan: Plan) -> Tensor:
     """The dual on the general layout, ``(B,)``."""
+    masks = prep.masks
     pad = padded(reparameterize(prep.theta, msgs, plan), plan)
-    bel = region_beliefs(pad.detach(), prep.theta, msgs, plan) if plan.has_zero else None
-    return soft_max(pad, plan.temper, -1, bel).sum(dim=1)
+    bel = region_beliefs(pad.detach(), prep.theta, msgs, plan, masks) if plan.has_zero else None
+    terms = soft_max(pad, plan.temper, -1, bel)
+    if masks is not None:  # absent regions: no term
+        terms = torch.where(masks.region, terms, 0.0)
+    return terms.sum(dim=1)

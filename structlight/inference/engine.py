@@ -11,6 +11,7 @@ from structlight.graph import RegionGraph
 from structlight.inference import dual as _dual
 from structlight.inference import readout
 from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
+from structlight.inference.masks import build_masks, check_region_mask, region_mask_from_variables
 from structlight.inference.plan import Plan, build_plan
 from structlight.inference.prepared import PreparedPotentials, clamp, version_of
 from structlight.inference.sweep import CompiledSweep, sweep_messages
@@ -89,26 +90,57 @@ class ConvexBP:
         """:meth:`PackedLayout.unpack`: per-region views of ``(B, T)``."""
         return self.layout.unpack(theta)
 
-    def prepare(self, pots: PotentialsLike, batch_size: int | None = None) -> PreparedPotentials:
+    def prepare(
+        self, pots: PotentialsLike, batch_size: int | None = None, mask: Tensor | None = None
+    ) -> PreparedPotentials:
         """Pack, check and clamp potentials once, for several calls on them.
 
         A training step does ``prep = bp.prepare(theta)``, ``msgs = bp.sweep(prep, msgs)`` and
         ``bp.dual(prep, msgs)``: the fast path's sweep tables are built once, by the first sweep,
         and the dual's gradient flows to ``theta``. A prepared object of this instance and batch
-        size is returned as it is; ``batch_size`` expands broadcast potentials.
+        size is returned as it is; ``batch_size`` expands broadcast potentials. ``mask``: the
+        ``(B, R)`` bool present regions (:meth:`region_mask`); it stays with the object.
 
         Raises:
-            TypeError, ValueError: as :meth:`pack`; ValueError also for a prepared object whose
-                potentials were changed in place since, or whose batch size does not fit.
+            TypeError, ValueError: as :meth:`pack`, or a bad mask; ValueError also for a prepared
+                object whose potentials were changed in place since, whose batch size does not
+                fit, or which holds another mask.
         """
         if isinstance(pots, PreparedPotentials):
             pots.check_fresh()
-            if pots.owner is self and batch_size in (None, pots.batch_size):
+            held = None if pots.masks is None else pots.masks.region
+            if mask is not None and held is not None and mask is not held:
+                raise ValueError("these prepared potentials hold another region mask")
+            if pots.owner is self and batch_size in (None, pots.batch_size) and mask is None:
                 return pots
-            theta = self.layout.pack(pots.theta, batch_size)  # another engine's: no tables
-            return PreparedPotentials(theta, pots.clean, self, version_of(theta))
-        theta, clean = clamp(self.layout.pack(pots, batch_size))
-        return PreparedPotentials(theta, clean, self, version_of(theta))
+            theta, clean = self.layout.pack(pots.theta, batch_size), pots.clean
+            mask = held if mask is None else mask
+        else:
+            theta, clean = clamp(self.layout.pack(pots, batch_size))
+        masks = None
+        if mask is not None:
+            plan = self._plan(theta.device, theta.dtype)
+            mask = check_region_mask(mask, theta.shape[0], self.graph.num_regions)
+            masks = build_masks(mask.to(theta.device), plan)
+            theta, clean = torch.where(masks.entries, theta, 0.0), False
+        return PreparedPotentials(theta, clean, self, version_of(theta), masks)
+
+    def region_mask(self, variable_mask: Tensor) -> Tensor:
+        """The ``(B, R)`` region mask of a ``(B, N)`` bool variable mask: a region is present
+        when all its variables are.
+
+        Raises:
+            TypeError, ValueError: ``variable_mask`` is not a ``(B, N)`` bool tensor.
+        """
+        n = self.graph.num_vars
+        if not isinstance(variable_mask, Tensor) or variable_mask.dtype != torch.bool:
+            raise TypeError("the variable mask must be a bool tensor of shape (B, N)")
+        if variable_mask.dim() != 2 or variable_mask.shape[1] != n:
+            raise ValueError(
+                f"the variable mask must have shape (B, {n}), got {tuple(variable_mask.shape)}"
+            )
+        plan = self._plan(variable_mask.device, torch.get_default_dtype())
+        return region_mask_from_variables(variable_mask, plan)
 
     def init_messages(
         self, batch_size: int, dtype: torch.dtype = torch.float32, device: object = None
@@ -117,22 +149,28 @@ class ConvexBP:
         check_dtype(dtype, "messages", MSGS_HINT)
         return torch.zeros(batch_size, self.num_message_entries, dtype=dtype, device=device)
 
-    def _resolve(self, pots: PotentialsLike, msgs: Tensor) -> tuple[PreparedPotentials, Plan]:
+    def _resolve(
+        self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None
+    ) -> tuple[PreparedPotentials, Tensor, Plan]:
+        """Prepared potentials, messages (absent ones zeroed) and the plan of a call."""
         if not isinstance(msgs, Tensor):
             raise TypeError(f"messages must be a tensor, got {type(msgs).__name__}")
-        prep = self.prepare(pots, batch_size=msgs.shape[0] if msgs.dim() == 2 else None)
+        prep = self.prepare(pots, msgs.shape[0] if msgs.dim() == 2 else None, mask)
         self.layout.check_messages(prep.theta, msgs)
-        return prep, self._plan(prep.device, prep.dtype)
+        if prep.masks is not None:
+            msgs = torch.where(prep.masks.message, msgs, 0.0)
+        return prep, msgs, self._plan(prep.device, prep.dtype)
 
     # ------------------------------------------------------------------ message passing
-    def sweep(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+    def sweep(self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None) -> Tensor:
         """One block-coordinate sweep over all regions that have parents; the dual never rises.
 
         Potentials are constants here (no gradient). Returns new ``(B, M)`` messages (``msgs``
         is not changed); on the fast path with ``B > 1`` a transposed view of an ``(M, B)``
-        tensor, which the next sweep or dual reads without a transpose.
+        tensor, which the next sweep or dual reads without a transpose. ``mask``: ``(B, R)``
+        present regions (or held by prepared potentials); absent messages come out 0.
         """
-        prep, plan = self._resolve(pots, msgs)
+        prep, msgs, plan = self._resolve(pots, msgs, mask)
         with torch.no_grad():
             compiled = None
             if self.uses_compiled_sweeps:
@@ -152,6 +190,7 @@ class ConvexBP:
         msgs: Tensor | None = None,
         num_sweeps: int = 10,
         tol: float | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Up to ``num_sweeps`` sweeps (from zero messages if ``msgs`` is None), stopping once
         ``max_b |D_before - D_after| <= tol`` (a dual and a host sync per sweep; None: never).
@@ -161,7 +200,7 @@ class ConvexBP:
             sweep (``(0, B)`` with ``tol=None``).
         """
         with torch.no_grad():
-            prep = self.prepare(pots, batch_size=None if msgs is None else msgs.shape[0])
+            prep = self.prepare(pots, None if msgs is None else msgs.shape[0], mask)
             if msgs is None:
                 msgs = self.init_messages(prep.batch_size, prep.dtype, prep.device)
             duals: list[Tensor] = []
@@ -176,53 +215,68 @@ class ConvexBP:
         return msgs, torch.stack(duals) if duals else prep.theta.new_zeros(0, prep.batch_size)
 
     # ------------------------------------------------------------------ read-outs
-    def dual(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+    def dual(self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None) -> Tensor:
         """The dual ``D(lam) = sum_r ĉ_r log sum exp(fhat_r / ĉ_r)`` (``max`` where ``ĉ_r = 0``),
         ``(B,)``; differentiable in the potentials and messages, and its gradient with respect
         to each table is the region's belief (:meth:`beliefs`)."""
-        prep, plan = self._resolve(pots, msgs)
+        prep, msgs, plan = self._resolve(pots, msgs, mask)
         if plan.pairwise is not None:
             return _dual.pair_dual(prep, msgs, plan)
         return _dual.general_dual(prep, msgs, plan)
 
-    def reparameterize(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+    def reparameterize(
+        self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
         """``fhat`` of every region, packed ``(B, T)``; differentiable."""
-        prep, plan = self._resolve(pots, msgs)
+        prep, msgs, plan = self._resolve(pots, msgs, mask)
         return readout.reparameterize(prep.theta, msgs, plan)
 
-    def beliefs(self, pots: PotentialsLike, msgs: Tensor) -> list[Tensor]:
+    def beliefs(
+        self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None
+    ) -> list[Tensor]:
         """Region beliefs, region ``r`` ``(B, *region_shape(r))``: the gradients of :meth:`dual`
         (softmax where ``ĉ_r > 0``, parent-implied where ``ĉ_r = 0``; see :mod:`.readout`)."""
-        prep, plan = self._resolve(pots, msgs)
+        prep, msgs, plan = self._resolve(pots, msgs, mask)
         pad = readout.padded(readout.reparameterize(prep.theta, msgs, plan), plan)
-        pad = readout.region_beliefs(pad, prep.theta, msgs, plan)
+        pad = readout.region_beliefs(pad, prep.theta, msgs, plan, prep.masks)
         return readout.split_regions(pad, plan.regions_by_shape)
 
-    def variable_beliefs(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+    def variable_beliefs(
+        self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
         """Per-variable beliefs ``(B, N, Kmax)`` from the smallest region holding each variable
         (uniform for a variable in no region; entries past ``num_states[i]`` are 0)."""
-        prep, plan = self._resolve(pots, msgs)
-        return readout.variable_beliefs(prep.theta, msgs, plan)
+        prep, msgs, plan = self._resolve(pots, msgs, mask)
+        return readout.variable_beliefs(prep.theta, msgs, plan, prep.masks)
 
-    def predict(self, pots: PotentialsLike, msgs: Tensor) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(labels, beliefs)``: :meth:`decode` and the :meth:`variable_beliefs` it decodes."""
-        prep, plan = self._resolve(pots, msgs)
-        vb = readout.variable_beliefs(prep.theta, msgs, plan)
-        return readout.decode(vb, plan), vb
+        prep, msgs, plan = self._resolve(pots, msgs, mask)
+        vb = readout.variable_beliefs(prep.theta, msgs, plan, prep.masks)
+        return readout.decode(vb, plan, prep.masks), vb
 
-    def decode(self, pots: PotentialsLike, msgs: Tensor) -> Tensor:
+    def decode(self, pots: PotentialsLike, msgs: Tensor, mask: Tensor | None = None) -> Tensor:
         """Marginal decoding: the arg-max of each variable's belief (first state on ties),
-        ``(B, N)`` long; a variable in no region decodes to state 0."""
-        return self.predict(pots, msgs)[0]
+        ``(B, N)`` long; a variable in no region decodes to 0, one whose regions are all absent
+        to -100."""
+        return self.predict(pots, msgs, mask)[0]
 
-    def score(self, pots: PotentialsLike, labels: Tensor) -> Tensor:
+    def score(self, pots: PotentialsLike, labels: Tensor, mask: Tensor | None = None) -> Tensor:
         """``F(y) = sum_r f_r(y_r)`` of ``(B, N)`` labels, ``(B,)``; differentiable.
 
         Raises:
             ValueError: labels of the wrong shape or batch size, or out of range.
         """
         readout.check_labels(labels, self.graph.num_vars)
+        masks = None
         if isinstance(pots, PreparedPotentials):
-            pots = self.prepare(pots).theta  # (the staleness check)
+            prep = self.prepare(pots, mask=mask)  # (the staleness check)
+            pots, masks = prep.theta, prep.masks
         theta = self.layout.pack(pots, batch_size=labels.shape[0])
-        return readout.score(theta, labels, self._plan(theta.device, theta.dtype))
+        plan = self._plan(theta.device, theta.dtype)
+        if mask is not None and masks is None:
+            region = check_region_mask(mask, labels.shape[0], self.graph.num_regions)
+            masks = build_masks(region.to(theta.device), plan)
+        return readout.score(theta, labels, plan, masks)

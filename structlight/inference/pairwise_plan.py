@@ -81,6 +81,9 @@ class PairwisePlan:
     pair_var0: Tensor  # (E,) first variable of each pair (rows of the pair tables)
     pair_var1: Tensor  # (E,) second variable (columns)
     node_valid: Tensor  # (N, K, 1) 1 for real states, 0 for padding
+    slot_edge: Tensor  # (S,) edge (general message order) of each slot
+    node_region: Tensor  # (N,) singleton region of each variable
+    pair_region: Tensor  # (E,) region of each pair
 
 
 def _span(flat: np.ndarray, uniform: bool) -> tuple[int, int] | None:
@@ -214,4 +217,7 @@ def build_pairwise_plan(
         node_valid=(np.arange(kmax)[None, :] < np.array(ks)[:, None])[:, :, None].astype(
             np.float64
         ),
+        slot_edge=np.array(order, dtype=np.int64),
+        node_region=np.array([node[v] for v in range(g.num_vars)], dtype=np.int64),
+        pair_region=np.array(pairs, dtype=np.int64),
     )

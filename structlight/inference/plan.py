@@ -74,6 +74,7 @@ class GeneralBlock:
     mu_tgt: Tensor  # (n_mu,) position in a of the region state of each mu entry
     weight: Tensor  # (n_mu,) c_p / (c_r + sum_p' c_p')
     msg_pos: Tensor  # (n_mu,) position in lam of each mu entry
+    mu_edge: Tensor  # (n_mu,) edge (message) of each mu entry
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,6 +113,10 @@ class Plan:
     edge_parent: Tensor  # (E,) parent region of each message
     zero_levels: list[ZeroLevel]  # ĉ = 0 regions with parents, top-down
     num_states: Tensor  # (N,) state counts
+    counting: Tensor  # (R,) c_r (per-example message weights of masked batches)
+    msg_edge: Tensor  # (M,) edge of each message entry
+    entry_region: Tensor  # (T,) region of each theta entry
+    score_valid: Tensor  # (R, L) 1 where score_vars holds one of the region's variables
     regions_by_shape: dict[tuple[int, ...], list[int]]  # region indices by region shape
     pairwise: PairwisePlan | None = None
 
@@ -162,7 +167,7 @@ def _general_blocks(
     blocks = []
     for block in g.schedule():
         xpos, add_tgt, add_src, sub_tgt, sub_src = [], [], [], [], []
-        mu_rows, mu_c_hat, mu_tgt, weight, msg_pos = [], [], [], [], []
+        mu_rows, mu_c_hat, mu_tgt, weight, msg_pos, mu_edge = [], [], [], [], [], []
         apos, aat, aas = [], [], []
         n_x = n_a = 0
         a_off: dict[int, int] = {}
@@ -196,6 +201,7 @@ def _general_blocks(
                 w = counting[p] / denom if denom > 0 else 1.0 / (len(parents) + 1)
                 weight.append(np.full(sr, w))
                 msg_pos.append(msg_off[edge_id[(r, p)]] + np.arange(sr))
+                mu_edge.append(np.full(sr, edge_id[(r, p)]))
                 n_x += sp
         kmax = max(rw.shape[1] for rw in mu_rows)
         mu_idx = np.full((sum(rw.shape[0] for rw in mu_rows), kmax), n_x, dtype=np.int64)
@@ -219,6 +225,7 @@ def _general_blocks(
                 mu_tgt=cat_int(mu_tgt),
                 weight=np.concatenate(weight),
                 msg_pos=cat_int(msg_pos),
+                mu_edge=cat_int(mu_edge),
             )
         )
     return blocks
@@ -300,6 +307,14 @@ def build_plan(graph: RegionGraph, layout: PackedLayout, eps: float, fast_path: 
         edge_parent=np.array([p for _, p in g.edges], dtype=np.int64),
         zero_levels=_zero_levels(g, c_hat, sizes),
         num_states=ks,
+        counting=np.array(g.counting_numbers, dtype=np.float64),
+        msg_edge=np.repeat(np.arange(len(g.edges)), [sizes[c] for c, _ in g.edges]).astype(
+            np.int64
+        ),
+        entry_region=np.repeat(np.arange(num_r), sizes).astype(np.int64),
+        score_valid=(
+            np.arange(lmax)[None, :] < np.array([len(r) for r in g.regions])[:, None]
+        ).astype(np.int64),
         regions_by_shape=by_shape,
         pairwise=build_pairwise_plan(g, layout, c_hat) if fast_path else None,
     )

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from structlight.inference.layout import NEG_INF
+from structlight.inference.masks import Masks
 from structlight.inference.pairwise_plan import PairwisePlan
 from structlight.inference.tempered import tree_max
 
@@ -174,12 +175,15 @@ class PreparedPotentials:
         clean: nothing needed clamping and ``theta`` is the input itself (checked on the CPU;
             on a GPU the check would cost a device sync, so the clamp always runs and this is
             False).
+        masks: the batch's :class:`~structlight.inference.masks.Masks` (absent regions'
+            entries of ``theta`` are then 0), or None: every region present.
     """
 
     theta: Tensor
     clean: bool
     owner: object = field(repr=False)  # the ConvexBP whose layout the tables follow
     version: int | None = field(repr=False)  # theta's version counter when prepared
+    masks: Masks | None = field(default=None, repr=False)  # the batch's region mask, if any
     _tables: list[SweepTables] = field(default_factory=list, repr=False)
 
     @property

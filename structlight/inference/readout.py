@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from structlight.inference.layout import NEG_INF
+from structlight.inference.masks import Masks
 from structlight.inference.pairwise_plan import PairwisePlan
 from structlight.inference.plan import Plan
 from structlight.inference.prepared import dense_tables
@@ -90,15 +91,20 @@ def face_beliefs(q: Tensor, fhat: Tensor, mags: Tensor, hard: Tensor, dim: int) 
     return torch.where(some, q / torch.where(some, mass, 1.0), hard)
 
 
-def region_beliefs(pad: Tensor, theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
+def region_beliefs(
+    pad: Tensor, theta: Tensor, msgs: Tensor, plan: Plan, masks: Masks | None = None
+) -> Tensor:
     """Beliefs of all regions from their padded reparameterised scores ``(B, R, Smax)``.
 
     ``softmax(fhat_r / ĉ_r)`` where ``ĉ_r > 0`` (differentiable); where ``ĉ_r = 0``, regions with
     parents get :func:`face_beliefs` of their parents' beliefs (top-down, so a ĉ = 0 parent is
     done first), those without the one-hot arg-max (no gradient either way). ``theta`` (clamped)
     and ``msgs``: what ``pad`` was computed from (read only for ĉ = 0 regions with parents).
+    Absent regions (``masks``) have zero beliefs.
     """
     bel = soft_or_hard(pad, plan.temper, -1)
+    if masks is not None:
+        bel = bel * masks.region.unsqueeze(-1)
     if plan.temper.all_pos or not plan.zero_levels:
         return bel
     with torch.no_grad():
@@ -156,7 +162,9 @@ def pair_fhat(theta: Tensor, msgs: Tensor, d: PairwisePlan) -> PairScores:
     return PairScores(fnode, fpair, nodes, lam)
 
 
-def pair_beliefs(d: PairwisePlan, scores: PairScores) -> tuple[Tensor, Tensor]:
+def pair_beliefs(
+    d: PairwisePlan, scores: PairScores, masks: Masks | None = None
+) -> tuple[Tensor, Tensor]:
     """Node ``(N, K, B)`` and pair ``(E, K*K, B)`` beliefs on the fast path, no gradient.
 
     What :func:`region_beliefs` gives on the general layout: softmax where ``ĉ > 0``; a ĉ = 0
@@ -170,6 +178,9 @@ def pair_beliefs(d: PairwisePlan, scores: PairScores) -> tuple[Tensor, Tensor]:
         fp = fpair.detach().reshape(fpair.shape[0], k * k, -1)
         pair_b = soft_or_hard(fp, d.pair_temper, 1)
         node_b = soft_or_hard(fn, d.node_temper, 1)
+        if masks is not None:  # absent regions: zero beliefs
+            pair_b = pair_b * masks.pair.unsqueeze(1)
+            node_b = node_b * masks.node.unsqueeze(1)
         if d.node_temper.all_pos:
             return node_b, pair_b
         b = fn.shape[-1]
@@ -185,20 +196,23 @@ def pair_beliefs(d: PairwisePlan, scores: PairScores) -> tuple[Tensor, Tensor]:
     return node_b, pair_b
 
 
-def variable_beliefs(theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
-    """Per-variable beliefs ``(B, N, Kmax)`` (entries past ``num_states[i]`` are 0)."""
+def variable_beliefs(theta: Tensor, msgs: Tensor, plan: Plan, masks: Masks | None = None) -> Tensor:
+    """Per-variable beliefs ``(B, N, Kmax)`` (entries past ``num_states[i]`` are 0; all 0 for a
+    variable whose regions are all absent)."""
     d = plan.pairwise
     if d is not None:
         scores = pair_fhat(theta, msgs, d)
         t = d.node_temper  # c_hat (N, 1) broadcasts against (B, N, K) as it is; inv (N, 1, 1)
         nodes = scores.node.permute(2, 0, 1)
         soft = None if t.all_zero else torch.softmax(nodes * t.inv[:, 0], dim=-1)
+        if soft is not None and masks is not None:
+            soft = soft * masks.node.t().unsqueeze(-1)
         if t.all_pos:
             return soft
-        other = pair_beliefs(d, scores)[0].permute(2, 0, 1)
+        other = pair_beliefs(d, scores, masks)[0].permute(2, 0, 1)
         return other if soft is None else torch.where(t.c_hat > 0, soft, other)
     pad = padded(reparameterize(theta, msgs, plan), plan)
-    pad = region_beliefs(pad, theta, msgs, plan)
+    pad = region_beliefs(pad, theta, msgs, plan, masks)
     b = pad.shape[0]
     flat = pad.reshape(b, -1).index_select(1, plan.var_src)
     nv = plan.var_fill.shape[0]
@@ -208,11 +222,15 @@ def variable_beliefs(theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
     return out.index_select(1, plan.var_pad_idx.view(-1)).view(b, *plan.var_pad_idx.shape)
 
 
-def decode(vb: Tensor, plan: Plan) -> Tensor:
-    """The arg-max state of each variable's belief ``(B, N, Kmax)``, first on ties: ``(B, N)``."""
+def decode(vb: Tensor, plan: Plan, masks: Masks | None = None) -> Tensor:
+    """The arg-max state of each variable's belief ``(B, N, Kmax)``, first on ties: ``(B, N)``;
+    -100 for a variable whose regions are all absent (``masks``)."""
     ks = plan.num_states
     valid = torch.arange(vb.shape[-1], device=vb.device) < ks[:, None]
-    return vb.masked_fill(~valid, -1.0).argmax(dim=-1)
+    labels = vb.masked_fill(~valid, -1.0).argmax(dim=-1)
+    if masks is not None:
+        labels = labels.masked_fill(vb.sum(-1) == 0, -100)
+    return labels
 
 
 def split_regions(pad: Tensor, by_shape: dict[tuple[int, ...], list[int]]) -> list[Tensor]:
@@ -240,8 +258,11 @@ def check_labels(labels: object, num_vars: int) -> None:
         raise ValueError(f"labels must have shape (B, {num_vars}), got {shape}")
 
 
-def score(theta: Tensor, labels: Tensor, plan: Plan) -> Tensor:
+def score(theta: Tensor, labels: Tensor, plan: Plan, masks: Masks | None = None) -> Tensor:
     """``F(y) = sum_r f_r(y_r)`` of ``(B, N)`` labels, ``(B,)``; differentiable in ``theta``.
+
+    With ``masks`` the sum runs over present regions, and labels of variables in no present
+    region are not read (they may be anything, ``-100`` included).
 
     Raises:
         ValueError: batch sizes differ, or a label is outside ``0..num_states[i] - 1`` (one
@@ -254,11 +275,19 @@ def score(theta: Tensor, labels: Tensor, plan: Plan) -> Tensor:
         )
     labels = labels.long().to(theta.device)
     ks = plan.num_states
-    if bool(((labels < 0) | (labels >= ks)).any()):
+    bad = (labels < 0) | (labels >= ks)
+    if masks is not None:  # only labels read by a present region must be in range
+        read = bad.index_select(1, plan.score_vars.view(-1)).view(-1, *plan.score_vars.shape)
+        bad = (read & (plan.score_valid == 1)).any(-1) & masks.region
+        labels = torch.where((labels < 0) | (labels >= ks), 0, labels)
+    if bool(bad.any()):
         raise ValueError(
             f"labels out of range: variable i takes values 0..num_states[i]-1 = {(ks - 1).tolist()}"
         )
     picked = labels.index_select(1, plan.score_vars.view(-1)).view(-1, *plan.score_vars.shape)
     idx = plan.score_base + (picked * plan.score_strides).sum(-1)
     # clamping the picked entries equals picking from the clamped table (elementwise)
-    return theta.gather(1, idx).clamp_min(NEG_INF).sum(dim=1)
+    picked = theta.gather(1, idx).clamp_min(NEG_INF)
+    if masks is not None:
+        picked = torch.where(masks.region, picked, 0.0)
+    return picked.sum(dim=1)

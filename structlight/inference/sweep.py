@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from structlight.inference.masks import Masks
 from structlight.inference.pairwise_plan import PairBlock, PairwisePlan
 from structlight.inference.plan import Plan
 from structlight.inference.prepared import PreparedPotentials, SweepTables, dense_tables
@@ -44,13 +45,13 @@ def underflow_limit(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny / torch.finfo(dtype).eps
 
 
-def general_sweep(theta: Tensor, msgs: Tensor, plan: Plan) -> Tensor:
+def general_sweep(theta: Tensor, msgs: Tensor, plan: Plan, masks: Masks | None = None) -> Tensor:
     """One sweep on the general layout: new ``(B, M)`` messages (``msgs`` is not changed)."""
     lam = msgs.clone()
     # one -inf column at position T: the padding of the mu rows points there
     theta = torch.cat([theta, theta.new_full((theta.shape[0], 1), float("-inf"))], dim=1)
     for blk in plan.blocks:
-        general_block_update(theta, lam, blk)
+        general_block_update(theta, lam, blk, masks)
     return lam
 
 
@@ -59,13 +60,13 @@ def sweep_messages(
 ) -> Tensor | None:
     """One sweep of ``msgs`` ``(B, M)`` on the plan's layout, compiled when ``compiled`` is
     given (None back if compiling failed); new messages, ``msgs`` is not changed."""
-    d = plan.pairwise
+    d, masks = plan.pairwise, prep.masks
     if d is None:
-        return general_sweep(prep.theta.detach(), msgs, plan)
+        return general_sweep(prep.theta.detach(), msgs, plan, masks)
     if compiled is not None:
         return compiled(prep, msgs, d, stacklevel=4)
-    lam = to_slots(msgs, d, copy=True)
-    lam, _ = pair_sweep(lam, prep.theta.detach(), prep.sweep_tables(d), d.blocks, d, False)
+    lam, theta, tables = to_slots(msgs, d, copy=True), prep.theta.detach(), prep.sweep_tables(d)
+    lam, _ = pair_sweep(lam, theta, tables, d.blocks, d, False, masks)
     return from_slots(lam, d)
 
 
@@ -111,6 +112,7 @@ def pair_sweep(
     blocks: Sequence[PairBlock],
     d: PairwisePlan,
     fused: bool,
+    masks: Masks | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One sweep on the fast path over the slots ``lam`` ``(S, K, B)``.
 
@@ -123,6 +125,8 @@ def pair_sweep(
         d: the fast path's plan (its state count, padding and table rows).
         fused: the forms a compiler fuses (broadcasts, functional writes, no host syncs):
             underflow is reported, not redone.
+        masks: the batch's region masks (absent messages send no ``mu`` and come out 0, the
+            weights are each example's own), or None.
 
     Returns:
         ``(lam, low)``: the new slots and, with ``fused`` in exp space, the smallest exp-space
@@ -154,7 +158,11 @@ def pair_sweep(
                     tt = theta.t().contiguous()  # (T, B)
                 rows = d.tab_rows[blk.start * k * k : blk.stop * k * k]
                 mu = pair_mu_log(tt.index_select(0, rows).view(-1, k, k, b), lo, blk)
-        lam = pair_write_back(lam, tables.nodes, mu, blk, d.uniform, form)
+        weight = blk.weight
+        if masks is not None:
+            mu = mu * masks.slot_present[blk.start : blk.stop]
+            weight = masks.slot_weight[blk.start : blk.stop]
+        lam = pair_write_back(lam, tables.nodes, mu, blk, weight, d.uniform, form)
     return lam, low
 
 
@@ -184,6 +192,7 @@ def _fused_sweep(
     temper: Temper,
     kernel: str,
     d: PairwisePlan,
+    masks: Masks | None,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`pair_sweep` with ``fused``, its blocks rebuilt from ``index`` (what is compiled):
     ``spans`` holds each block's slots ``start..stop``, its offset in ``index`` and its number
@@ -199,7 +208,7 @@ def _fused_sweep(
                 start, stop, index[off : off + p], node_pos, nodes, w, temper, kernel, n == 1
             )
         )
-    return pair_sweep(lam, theta, tables, blocks, d, True)
+    return pair_sweep(lam, theta, tables, blocks, d, True, masks)
 
 
 class CompiledSweep:
@@ -237,7 +246,15 @@ class CompiledSweep:
     ) -> Tensor | None:
         theta = prep.theta.detach()
         tables = prep.sweep_tables(d)
-        consts = (self._index, self._weights, self._spans, self._temper, self._kernel, d)
+        consts = (
+            self._index,
+            self._weights,
+            self._spans,
+            self._temper,
+            self._kernel,
+            d,
+            prep.masks,
+        )
         try:
             lam, low = self._fn(to_slots(msgs, d), theta, tables, *consts)
             # underflow somewhere (later blocks may then have met inf - inf: NaN, which fails

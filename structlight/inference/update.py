@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from structlight.inference.masks import Masks
 from structlight.inference.pairwise_plan import PairBlock
 from structlight.inference.plan import GeneralBlock
 from structlight.inference.prepared import ExpTables
@@ -39,11 +40,14 @@ def write_back(
     return torch.index_select(a, dim, pos, out=out).mul_(weight).sub_(mu)
 
 
-def general_block_update(theta: Tensor, lam: Tensor, blk: GeneralBlock) -> None:
+def general_block_update(
+    theta: Tensor, lam: Tensor, blk: GeneralBlock, masks: Masks | None = None
+) -> None:
     """One block update on the general layout, in place on ``lam`` ``(B, M)``.
 
     ``theta`` is ``(B, T + 1)``: the packed potentials with a ``-inf`` column at ``T``, where
-    the padding of the ``mu`` rows points.
+    the padding of the ``mu`` rows points. With ``masks``, absent parents send no ``mu`` and the
+    weights are the example's own; absent messages come out 0.
     """
     b = theta.shape[0]
     # x = fhat_p - lam[r->p] for every parent p of a block region r, one copy of the parent's
@@ -55,11 +59,15 @@ def general_block_update(theta: Tensor, lam: Tensor, blk: GeneralBlock) -> None:
         x.index_add_(1, blk.xsub_tgt, lam.index_select(1, blk.xsub_src), alpha=-1)
     rows = x.index_select(1, blk.mu_idx.view(-1)).view(b, *blk.mu_idx.shape)
     mu = soft_max(rows, blk.mu_temper, -1)
+    weight = blk.weight
+    if masks is not None:
+        mu = torch.where(masks.edge.index_select(1, blk.mu_edge), mu, 0.0)
+        weight = masks.weight.index_select(1, blk.mu_edge)
     a = theta.index_select(1, blk.apos)
     if blk.aadd_tgt.numel():
         a.index_add_(1, blk.aadd_tgt, lam.index_select(1, blk.aadd_src))
     a.index_add_(1, blk.mu_tgt, mu)
-    lam.index_copy_(1, blk.msg_pos, write_back(a, mu, blk.mu_tgt, blk.weight, 1))
+    lam.index_copy_(1, blk.msg_pos, write_back(a, mu, blk.mu_tgt, weight, 1))
 
 
 def pair_mu_log(v: Tensor, lo: Tensor, blk: PairBlock) -> Tensor:
@@ -127,7 +135,13 @@ def pair_mu_exp_one(lo: Tensor, exp: ExpTables, blk: PairBlock) -> tuple[Tensor,
 
 
 def pair_write_back(
-    lam: Tensor, nodes: Tensor, mu: Tensor, blk: PairBlock, uniform: bool, form: str
+    lam: Tensor,
+    nodes: Tensor,
+    mu: Tensor,
+    blk: PairBlock,
+    weight: Tensor | float,
+    uniform: bool,
+    form: str,
 ) -> Tensor:
     """Steps 2 and 3 of the block update on the fast path: the new slots ``lam``.
 
@@ -135,7 +149,7 @@ def pair_write_back(
     send 0. ``form``: ``"rows"`` writes in place into the block's slots (they are not read again
     in this block); ``"flat"`` (one example) the same with gathers on the flat ``(S*K,)`` slots,
     far faster than on rows of ``(K, 1)``; ``"fused"`` returns a new tensor (``index_copy``), the
-    form a compiler fuses.
+    form a compiler fuses. ``weight``: the block's ``w_e``, ``blk.weight`` or per example.
     """
     a = nodes.index_select(0, blk.nodes)
     if form == "fused":
@@ -144,18 +158,17 @@ def pair_write_back(
         else:
             a = a.index_add(0, blk.node_pos, mu).index_select(0, blk.node_pos)
         pos = torch.arange(blk.start, blk.stop, device=lam.device)
-        return lam.index_copy(0, pos, a * blk.weight - mu)
+        return lam.index_copy(0, pos, a * weight - mu)
     out = lam[blk.start : blk.stop]
     if blk.single:
         a = a.add_(mu.sum(0, keepdim=True))
-        w = blk.weight
-        torch.sub(a.mul_(w) if isinstance(w, float) else a * w, mu, out=out)
+        torch.sub(a.mul_(weight) if isinstance(weight, float) else a * weight, mu, out=out)
     elif form == "flat":
         af = a.view(-1).index_add_(0, blk.node_pos_flat, mu.view(-1))
         torch.index_select(af, 0, blk.node_pos_flat, out=out.view(-1))
-        out.mul_(blk.weight).sub_(mu)
+        out.mul_(weight).sub_(mu)
     else:
-        write_back(a.index_add_(0, blk.node_pos, mu), mu, blk.node_pos, blk.weight, 0, out=out)
+        write_back(a.index_add_(0, blk.node_pos, mu), mu, blk.node_pos, weight, 0, out=out)
     if not uniform:
         out *= blk.mask
     return lam
