@@ -8,6 +8,11 @@ chain-shaped. Potentials use the pytorch-struct-like layout
   ``pairwise[b, i, y_i, y_{i+1}]``.
 
 Parallel time O(N) (a sequential scan over positions, batched over examples and states).
+
+Variable-length chains: every function takes ``lengths`` ``(B,)`` int64 with
+``1 <= lengths[b] <= N``; example ``b`` then lives on positions ``0..lengths[b] - 1`` and the
+padding positions are not read (labels there: -100; marginals there: 0), as if each example were
+a chain of its own length.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from structlight.inference import NEG_INF
 
 __all__ = [
     "chain_log_partition",
+    "check_lengths",
     "chain_marginals",
     "chain_potentials",
     "chain_score",
@@ -42,25 +48,61 @@ def _check(unary: Tensor, pairwise: Tensor) -> tuple[Tensor, Tensor]:
     return unary.clamp_min(NEG_INF), pairwise.clamp_min(NEG_INF).expand(b, -1, -1, -1)
 
 
-def chain_log_partition(unary: Tensor, pairwise: Tensor) -> Tensor:
+def check_lengths(lengths: object, batch_size: int, n: int, key: str = "lengths") -> Tensor:
+    """``lengths`` must be a ``(B,)`` int64 tensor with ``1 <= lengths[b] <= N``.
+
+    Raises:
+        TypeError: not an int64 tensor.
+        ValueError: the wrong shape, or a length outside ``1..N`` (named, with what arrived).
+    """
+    if not isinstance(lengths, Tensor) or lengths.dtype != torch.int64:
+        got = lengths.dtype if isinstance(lengths, Tensor) else type(lengths).__name__
+        raise TypeError(f"{key} must be an int64 tensor of shape ({batch_size},), got {got}")
+    if tuple(lengths.shape) != (batch_size,):
+        raise ValueError(
+            f"{key} must have shape ({batch_size},) (one per example), got {tuple(lengths.shape)}"
+        )
+    bad = (lengths < 1) | (lengths > n)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{key} must lie in 1..{n} (the number of positions); example {i} has {int(lengths[i])}"
+        )
+    return lengths
+
+
+def _steps(lengths: Tensor | None, b: int, n: int, device: torch.device) -> Tensor | None:
+    """``(N, B, 1)`` bool: position ``i`` is real for example ``b`` (None: all are)."""
+    if lengths is None:
+        return None
+    lengths = check_lengths(lengths, b, n).to(device)
+    return (torch.arange(n, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def chain_log_partition(unary: Tensor, pairwise: Tensor, lengths: Tensor | None = None) -> Tensor:
     """``log Z = log sum_y exp(sum_i u_i(y_i) + sum_i p_i(y_i, y_{i+1}))`` by the forward algorithm.
 
     Args:
         unary: ``(B, N, K)``.
         pairwise: ``(B or 1, N-1, K, K)``.
+        lengths: ``(B,)`` chain lengths (see the module docstring); None: all ``N``.
 
     Returns:
         ``(B,)``, differentiable (its gradient is the marginals).
     """
     unary, pairwise = _check(unary, pairwise)
+    real = _steps(lengths, unary.shape[0], unary.shape[1], unary.device)
     alpha = unary[:, 0]
     for i in range(1, unary.shape[1]):
-        alpha = torch.logsumexp(alpha[:, :, None] + pairwise[:, i - 1], dim=1) + unary[:, i]
+        new = torch.logsumexp(alpha[:, :, None] + pairwise[:, i - 1], dim=1) + unary[:, i]
+        alpha = new if real is None else torch.where(real[i], new, alpha)
     return torch.logsumexp(alpha, dim=-1)
 
 
-def chain_marginals(unary: Tensor, pairwise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Exact marginals as the gradient of the log-partition.
+def chain_marginals(
+    unary: Tensor, pairwise: Tensor, lengths: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact marginals as the gradient of the log-partition (0 at padding positions).
 
     Returns:
         ``(log_z, node_marginals, edge_marginals)`` of shapes ``(B,)``, ``(B, N, K)`` and
@@ -69,45 +111,66 @@ def chain_marginals(unary: Tensor, pairwise: Tensor) -> tuple[Tensor, Tensor, Te
     with torch.enable_grad():
         u = unary.detach().requires_grad_(True)
         p = pairwise.detach().expand(unary.shape[0], -1, -1, -1).clone().requires_grad_(True)
-        log_z = chain_log_partition(u, p)
+        log_z = chain_log_partition(u, p, lengths)
         gu, gp = torch.autograd.grad(log_z.sum(), (u, p), allow_unused=True)
     if gp is None:  # a chain of one variable has no edges
         gp = torch.zeros_like(p)
     return log_z.detach(), gu, gp
 
 
-def chain_score(unary: Tensor, pairwise: Tensor, labels: Tensor) -> Tensor:
-    """Score ``F(y)`` of labels ``(B, N)`` on a chain; ``(B,)``."""
+def chain_score(
+    unary: Tensor, pairwise: Tensor, labels: Tensor, lengths: Tensor | None = None
+) -> Tensor:
+    """Score ``F(y)`` of labels ``(B, N)`` on a chain; ``(B,)``. With ``lengths`` the labels at
+    padding positions are not read."""
     unary, pairwise = _check(unary, pairwise)
-    s = unary.gather(2, labels[:, :, None]).squeeze(2).sum(1)
-    if unary.shape[1] > 1:
-        idx = torch.arange(unary.shape[1] - 1, device=unary.device)
-        rows = torch.arange(unary.shape[0], device=unary.device)[:, None]
-        s = s + pairwise[rows, idx, labels[:, :-1], labels[:, 1:]].sum(1)
+    b, n, _ = unary.shape
+    real = _steps(lengths, b, n, unary.device)
+    if real is not None:
+        real = real[:, :, 0].t()  # (B, N)
+        labels = torch.where(real, labels, 0)
+    per_node = unary.gather(2, labels[:, :, None]).squeeze(2)
+    s = (per_node if real is None else per_node * real).sum(1)
+    if n > 1:
+        idx = torch.arange(n - 1, device=unary.device)
+        rows = torch.arange(b, device=unary.device)[:, None]
+        per_edge = pairwise[rows, idx, labels[:, :-1], labels[:, 1:]]
+        s = s + (per_edge if real is None else per_edge * real[:, 1:]).sum(1)
     return s
 
 
-def chain_viterbi(unary: Tensor, pairwise: Tensor) -> tuple[Tensor, Tensor]:
+def chain_viterbi(
+    unary: Tensor, pairwise: Tensor, lengths: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """MAP labelling by the Viterbi algorithm.
 
     Returns:
-        ``(labels, score)``: ``(B, N)`` long and ``(B,)`` the best score.
+        ``(labels, score)``: ``(B, N)`` long (-100 at padding positions) and ``(B,)`` the best
+        score.
     """
     unary, pairwise = _check(unary, pairwise)
-    b, n, _ = unary.shape
+    b, n, k = unary.shape
+    real = _steps(lengths, b, n, unary.device)
     delta = unary[:, 0]
+    stay = torch.arange(k, device=unary.device).expand(b, k)
     back = []
     for i in range(1, n):
         cand = delta[:, :, None] + pairwise[:, i - 1]  # (B, K_prev, K)
-        delta, arg = cand.max(dim=1)
-        delta = delta + unary[:, i]
+        new, arg = cand.max(dim=1)
+        new = new + unary[:, i]
+        if real is not None:  # past the end: carry the scores, point back to the same state
+            new, arg = torch.where(real[i], new, delta), torch.where(real[i], arg, stay)
+        delta = new
         back.append(arg)
     score, last = delta.max(dim=-1)
     labels = [last]
     for arg in reversed(back):
         last = arg.gather(1, last[:, None]).squeeze(1)
         labels.append(last)
-    return torch.stack(labels[::-1], dim=1), score
+    out = torch.stack(labels[::-1], dim=1)
+    if real is not None:
+        out = out.masked_fill(~real[:, :, 0].t(), -100)
+    return out, score
 
 
 def chain_potentials(graph: RegionGraph, pots: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:

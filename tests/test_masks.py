@@ -159,7 +159,9 @@ def test_full_mask_changes_nothing():
     m0, _ = bp.run(theta, num_sweeps=5)
     m1, _ = bp.run(theta, num_sweeps=5, mask=full)
     torch.testing.assert_close(m1.contiguous(), m0.contiguous(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(bp.dual(theta, m1, mask=full), bp.dual(theta, m0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        bp.dual(theta, m1, mask=full), bp.dual(theta, m0), rtol=1e-12, atol=0
+    )
 
 
 def test_score_reads_present_regions_only():
