@@ -190,6 +190,10 @@ def test_bad_masks_are_refused_with_what_arrived():
         bp.sweep(theta, msgs, mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"shape \(B, 3\), got \(2, 2\)"):
         bp.region_mask(torch.ones(2, 2, dtype=torch.bool))
+    holed = torch.ones(2, 5, dtype=torch.bool)
+    holed[1, 1] = False  # drops variable 1 but keeps the pairs (0, 1) and (1, 2)
+    with pytest.raises(ValueError, match=r"example 1 keeps region \(0, 1\) but drops .*\(1,\)"):
+        bp.dual(theta, msgs, mask=holed)
     prep = bp.prepare(theta, mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="another region mask"):
         bp.dual(prep, msgs, mask=torch.ones(2, 5, dtype=torch.bool))

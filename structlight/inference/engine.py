@@ -11,7 +11,12 @@ from structlight.graph import RegionGraph
 from structlight.inference import dual as _dual
 from structlight.inference import readout
 from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
-from structlight.inference.masks import build_masks, check_region_mask, region_mask_from_variables
+from structlight.inference.masks import (
+    build_masks,
+    check_region_mask,
+    first_open_region,
+    region_mask_from_variables,
+)
 from structlight.inference.plan import Plan, build_plan
 from structlight.inference.prepared import PreparedPotentials, clamp, version_of
 from structlight.inference.sweep import CompiledSweep, sweep_messages
@@ -120,10 +125,24 @@ class ConvexBP:
         masks = None
         if mask is not None:
             plan = self._plan(theta.device, theta.dtype)
-            mask = check_region_mask(mask, theta.shape[0], self.graph.num_regions)
-            masks = build_masks(mask.to(theta.device), plan)
+            masks = build_masks(self._checked_mask(mask, theta.shape[0], plan), plan)
             theta, clean = torch.where(masks.entries, theta, 0.0), False
         return PreparedPotentials(theta, clean, self, version_of(theta), masks)
+
+    def _checked_mask(self, mask: Tensor, batch_size: int, plan: Plan) -> Tensor:
+        """A ``(B, R)`` bool mask on the plan's device, closed under sub-regions."""
+        mask = check_region_mask(mask, batch_size, self.graph.num_regions)
+        mask = mask.to(plan.edge_parent.device)
+        hole = first_open_region(mask, plan)
+        if hole is not None:
+            b, r, c = hole
+            regs = self.graph.regions
+            raise ValueError(
+                f"the region mask of example {b} keeps region {regs[r]} but drops its "
+                f"sub-region {regs[c]}: a region is present only when all its variables are "
+                "(build masks with ConvexBP.region_mask)"
+            )
+        return mask
 
     def region_mask(self, variable_mask: Tensor) -> Tensor:
         """The ``(B, R)`` region mask of a ``(B, N)`` bool variable mask: a region is present
@@ -277,6 +296,5 @@ class ConvexBP:
         theta = self.layout.pack(pots, batch_size=labels.shape[0])
         plan = self._plan(theta.device, theta.dtype)
         if mask is not None and masks is None:
-            region = check_region_mask(mask, labels.shape[0], self.graph.num_regions)
-            masks = build_masks(region.to(theta.device), plan)
+            masks = build_masks(self._checked_mask(mask, labels.shape[0], plan), plan)
         return readout.score(theta, labels, plan, masks)

@@ -22,7 +22,13 @@ from torch import Tensor
 
 from structlight.inference.plan import Plan
 
-__all__ = ["Masks", "build_masks", "check_region_mask", "region_mask_from_variables"]
+__all__ = [
+    "Masks",
+    "build_masks",
+    "check_region_mask",
+    "first_open_region",
+    "region_mask_from_variables",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +74,16 @@ def check_region_mask(mask: object, batch_size: int, num_regions: int) -> Tensor
             f"got {tuple(mask.shape)}"
         )
     return mask
+
+
+def first_open_region(region: Tensor, plan: Plan) -> tuple[int, int, int] | None:
+    """``(example, region, sub-region)`` of the first present region whose sub-region is
+    absent (a mask that keeps a region while dropping one of its variables), or None."""
+    bad = region.index_select(1, plan.edge_parent) & ~region.index_select(1, plan.edge_child)
+    if not bool(bad.any()):
+        return None
+    b, e = (int(v) for v in bad.nonzero()[0])
+    return b, int(plan.edge_parent[e]), int(plan.edge_child[e])
 
 
 def region_mask_from_variables(variable_mask: Tensor, plan: Plan) -> Tensor:
