@@ -102,14 +102,17 @@ def chain_log_partition(unary: Tensor, pairwise: Tensor, lengths: Tensor | None 
 def chain_marginals(
     unary: Tensor, pairwise: Tensor, lengths: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Exact marginals as the gradient of the log-partition (0 at padding positions).
+    """Exact marginals as the gradient of the log-partition (0 at padding positions); works
+    under ``torch.no_grad`` and ``torch.inference_mode`` too.
 
     Returns:
         ``(log_z, node_marginals, edge_marginals)`` of shapes ``(B,)``, ``(B, N, K)`` and
         ``(B, N-1, K, K)``.
     """
-    with torch.enable_grad():
-        u = unary.detach().requires_grad_(True)
+    # autograd even under torch.inference_mode (Lightning's validation and prediction loops):
+    # the clones are ordinary tensors, which autograd may record
+    with torch.inference_mode(False), torch.enable_grad():
+        u = unary.detach().clone().requires_grad_(True)
         p = pairwise.detach().expand(unary.shape[0], -1, -1, -1).clone().requires_grad_(True)
         log_z = chain_log_partition(u, p, lengths)
         gu, gp = torch.autograd.grad(log_z.sum(), (u, p), allow_unused=True)

@@ -65,3 +65,17 @@ def test_bad_lengths_are_named(lengths, err, match):
     unary, pairwise, _ = _batch()
     with pytest.raises(err, match=match):
         chain_log_partition(unary, pairwise, lengths)
+
+
+def test_marginals_and_viterbi_work_under_inference_mode():
+    """Lightning validates and predicts under ``torch.inference_mode``: the exact marginals
+    (the gradient of log Z) must still come out."""
+    unary, pairwise, lengths = _batch()
+    want = chain_marginals(unary, pairwise, lengths)
+    with torch.inference_mode():
+        u, p = unary.clone(), pairwise.clone()  # inference tensors, as Lightning's would be
+        got = chain_marginals(u, p, lengths)
+        labels, _ = chain_viterbi(u, p, lengths)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(labels, chain_viterbi(unary, pairwise, lengths)[0])

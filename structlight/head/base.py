@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from structlight.graph import RegionGraph
-from structlight.head.labels import check_labels, hamming_augment, labels_argmax
+from structlight.head.labels import check_labels, hamming_augment
 from structlight.head.losses import HeadLosses, StructuredLoss
 from structlight.head.packing import (
     PackingPlan,
@@ -371,8 +371,7 @@ class StructuredHead(HeadLosses, nn.Module):
             ``(labels, marginals)``: ``(B, N)`` long and ``(B, N, Kmax)`` beliefs.
         """
         with torch.no_grad():
-            marg = self.bp.variable_beliefs(theta.detach(), msgs)
-            return labels_argmax(marg, self.graph.num_states), marg
+            return self.bp.predict(theta.detach(), msgs)
 
     def predict_independent(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Per-variable decoding from the singleton tables alone (the ``unary_only`` model).

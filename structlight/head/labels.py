@@ -12,7 +12,7 @@ from torch import Tensor
 from structlight.graph import RegionGraph
 from structlight.head.packing import PackingPlan
 
-__all__ = ["check_labels", "hamming_augment", "labels_argmax"]
+__all__ = ["check_labels", "hamming_augment"]
 
 
 def check_labels(
@@ -89,18 +89,3 @@ def hamming_augment(theta: Tensor, labels: Tensor, plan: PackingPlan) -> Tensor:
     pos = plan.sing_off + labels.to(theta.device)
     out = theta + plan.aug_base
     return out.scatter_add(1, pos, theta.new_full(pos.shape, -1.0))
-
-
-def labels_argmax(beliefs: Tensor, num_states: Sequence[int]) -> Tensor:
-    """The arg-max state of each variable's belief, first on ties (marginal decoding).
-
-    Args:
-        beliefs: ``(B, N, Kmax)`` per-variable beliefs (:meth:`structlight.ConvexBP.variable_beliefs`).
-        num_states: ``K_i`` per variable; entries past it are never chosen.
-
-    Returns:
-        ``(B, N)`` long.
-    """
-    ks = torch.as_tensor(num_states, device=beliefs.device)
-    valid = torch.arange(beliefs.shape[-1], device=beliefs.device) < ks[:, None]
-    return beliefs.masked_fill(~valid, -1.0).argmax(-1)
