@@ -702,3 +702,22 @@ def test_compiled_sweeps_redo_underflowing_sweeps_in_log_space(recwarn):
             pytest.skip(f"torch.compile cannot compile here: {recwarn[0].message}")
         assert torch.isfinite(mc).all()
         torch.testing.assert_close(mc, mg, rtol=1e-10, atol=1e-6)
+
+
+def test_compiled_sweeps_of_several_graphs_in_one_process_stay_exact(recwarn):
+    """Each engine's compiled sweep is specialised to its own graph and batch size: a second
+    and a third graph of other state counts and batch sizes (the same compiled function, new
+    shapes) must still match the eager sweeps."""
+    cases = [
+        (RegionGraph.chain(5, 7, order=2), 6),
+        (RegionGraph.fully_connected(6, 2), 5),
+        (RegionGraph.grid(4, 4, 5), 1),
+    ]
+    for graph, b in cases:
+        comp, eager = ConvexBP(graph, compile=True), ConvexBP(graph)
+        theta = eager.pack(random_pots(graph, b, 1, dtype=torch.float32))
+        mc = me = eager.init_messages(b)
+        for _ in range(4):
+            mc, me = comp.sweep(theta, mc), eager.sweep(theta, me)
+        assert comp.uses_compiled_sweeps
+        torch.testing.assert_close(mc, me, rtol=1e-4, atol=1e-4)

@@ -239,7 +239,10 @@ class CompiledSweep:
         )
         self._index, self._spans = torch.cat(parts), tuple(spans)
         self._temper, self._kernel = d.blocks[0].temper, d.blocks[0].kernel
-        self._fn = torch.compile(_fused_sweep)
+        # static shapes: one compiled variant per graph and batch size (with automatic dynamic
+        # shapes, a second graph's recompile of this shared function gave wrong messages; the
+        # test that several graphs in one process stay exact guards this)
+        self._fn = torch.compile(_fused_sweep, dynamic=False)
 
     def __call__(
         self, prep: PreparedPotentials, msgs: Tensor, d: PairwisePlan, stacklevel: int
