@@ -148,12 +148,12 @@ def pair_sweep(
             mu = pair_mu_log(tables.tabs[blk.start : blk.stop], lo, blk)
         else:
             if flat:
-                mu, s = pair_mu_exp_one(lo, exp, blk)
+                mu, s_min = pair_mu_exp_one(lo, exp, blk)
             else:
-                mu, s = pair_mu_exp(lo, exp, blk, matmul=not fused)
+                mu, s_min = pair_mu_exp(lo, exp, blk, matmul=not fused)
             if fused:
-                low = s.amin() if low is None else torch.minimum(low, s.amin())
-            elif bool(s.amin() < tiny):  # underflow: this block in log space
+                low = s_min if low is None else torch.minimum(low, s_min)
+            elif bool(s_min < tiny):  # underflow: this block in log space
                 if tt is None:
                     tt = theta.t().contiguous()  # (T, B)
                 rows = d.tab_rows[blk.start * k * k : blk.stop * k * k]

@@ -108,9 +108,9 @@ def pair_mu_exp(
     With ``c_e = max f_e``, ``m = max_{y_j} lam[j->e]`` and ``x = exp(lam[j->e] - m)``:
     ``mu[e->i](y_i) = c_e + m + log sum_{y_j} E_e(y_i, y_j) x(y_j)``, ``E_e = exp(f_e - c_e)``.
     The sum is a broadcast product, or (with ``matmul``) batched ``(K, K) @ (K, B)`` matrix
-    products where the batch shares its tables (``exp.etab_t``). Returns ``(mu, s)``: a sum ``s`` below
-    ``tiny / eps`` (or NaN) means the exps underflowed and ``mu`` may be inexact; the caller
-    redoes such a block (or sweep) in log space.
+    products where the batch shares its tables (``exp.etab_t``). Returns ``(mu, low)``, ``low``
+    the smallest sum: below ``tiny / eps`` (or NaN) the exps underflowed and ``mu`` may be
+    inexact; the caller redoes such a block (or sweep) in log space.
     """
     m = tree_max(lo, 1)
     x = (lo - m).exp_()
@@ -119,7 +119,8 @@ def pair_mu_exp(
         s = torch.bmm(exp.etab_t[rows], x)
     else:
         s = torch.mul(exp.etab[rows], x.unsqueeze(2)).sum(1)
-    return torch.log(s).add_(exp.c_msg[rows]).add_(m), s
+    low = s.amin()  # before the log, which is taken in place (no new (P, K, B) tensor)
+    return s.log_().add_(exp.c_msg[rows]).add_(m), low
 
 
 def pair_mu_exp_one(lo: Tensor, exp: ExpTables, blk: PairBlock) -> tuple[Tensor, Tensor]:
@@ -131,7 +132,8 @@ def pair_mu_exp_one(lo: Tensor, exp: ExpTables, blk: PairBlock) -> tuple[Tensor,
     m = tree_max(lo1, 1)
     x = (lo1 - m).exp_()
     s = torch.bmm(x.unsqueeze(1), exp.etab[rows, ..., 0]).squeeze(1)
-    return torch.log(s).add_(exp.c_msg[rows, ..., 0]).add_(m).unsqueeze(-1), s
+    low = s.amin()
+    return s.log_().add_(exp.c_msg[rows, ..., 0]).add_(m).unsqueeze(-1), low
 
 
 def pair_write_back(
