@@ -650,7 +650,7 @@ def test_compile_applies_only_where_it_can_and_falls_back_when_it_fails(monkeypa
     assert not ConvexBP(mixed, compile=True).uses_compiled_sweeps
     assert not ConvexBP(RegionGraph.chain(3, 3)).uses_compiled_sweeps
 
-    def broken(fn):
+    def broken(fn, **options):
         def run(*args):
             raise RuntimeError("no C++ compiler\nmore detail")
 

@@ -242,7 +242,11 @@ class CompiledSweep:
         # static shapes: one compiled variant per graph and batch size (with automatic dynamic
         # shapes, a second graph's recompile of this shared function gave wrong messages; the
         # test that several graphs in one process stay exact guards this)
-        self._fn = torch.compile(_fused_sweep, dynamic=False)
+        self._fn, self._error = None, None
+        try:
+            self._fn = torch.compile(_fused_sweep, dynamic=False)
+        except Exception as err:  # torch.compile unusable here: reported by the first call
+            self._error = err
 
     def __call__(
         self, prep: PreparedPotentials, msgs: Tensor, d: PairwisePlan, stacklevel: int
@@ -259,6 +263,8 @@ class CompiledSweep:
             prep.masks,
         )
         try:
+            if self._error is not None:
+                raise self._error
             lam, low = self._fn(to_slots(msgs, d), theta, tables, *consts)
             # underflow somewhere (later blocks may then have met inf - inf: NaN, which fails
             # this test too): the whole sweep again, in log space
