@@ -4,9 +4,14 @@
   "character accuracy", i.e. one minus the Hamming loss) and :class:`WordAccuracy` (exact match
   of the whole sequence, one minus the zero-one loss).
 * Multi-label (Flickr): :class:`HammingError`, the wrong decisions as a percentage of all
-  decisions (``as_percentage=True``, the paper's Table 2) or as the mean count per example.
+  decisions (``as_percentage=True``, the paper's Table 2) or as the mean count per example, and
+  :class:`ExactMatch` (subset accuracy: every tag of the example right).
 
 All metrics report percentages (0-100) where they are rates, as the paper's tables do.
+
+Variable-size examples: a target of :data:`IGNORE_INDEX` (-100) marks an absent position (a
+padding position, where the prediction is -100 too). Such positions are not decisions: the
+counts run over the others, and an example with none at all does not count.
 
 Every ``update`` takes an optional ``finite``: ``(B,)`` bool, False for an example whose
 potentials were not finite (NaN or infinity). Such predictions are meaningless, so a metric that
@@ -20,7 +25,17 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-__all__ = ["CharacterAccuracy", "HammingError", "WordAccuracy", "task_metrics"]
+__all__ = [
+    "IGNORE_INDEX",
+    "CharacterAccuracy",
+    "ExactMatch",
+    "HammingError",
+    "WordAccuracy",
+    "task_metrics",
+]
+
+#: The target of an absent position; metrics skip it.
+IGNORE_INDEX = -100
 
 
 class _NonFiniteAware(Metric):
@@ -67,7 +82,7 @@ class _CountingAccuracy(_NonFiniteAware):
         self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
+    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def update(self, preds: Tensor, target: Tensor, finite: Tensor | None = None) -> None:
@@ -83,23 +98,34 @@ class _CountingAccuracy(_NonFiniteAware):
 
 
 class CharacterAccuracy(_CountingAccuracy):
-    """Percentage of correctly labelled positions over all positions seen.
+    """Percentage of correctly labelled positions over all (present) positions seen.
 
-    ``update(preds, target)``: both ``(B, N)`` integer labels.
+    ``update(preds, target)``: both ``(B, N)`` integer labels; targets equal to
+    :data:`IGNORE_INDEX` are skipped.
     """
 
-    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
-        return (preds == target).sum(), target.numel()
+    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        present = target != IGNORE_INDEX
+        return ((preds == target) & present).sum(), present.sum()
 
 
 class WordAccuracy(_CountingAccuracy):
-    """Percentage of sequences whose every position is correct (exact match).
+    """Percentage of sequences whose every (present) position is correct (exact match).
 
-    ``update(preds, target)``: both ``(B, N)`` integer labels.
+    ``update(preds, target)``: both ``(B, N)`` integer labels; targets equal to
+    :data:`IGNORE_INDEX` are skipped, and a sequence without any other is not counted.
     """
 
-    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
-        return (preds == target).all(dim=1).sum(), target.shape[0]
+    def _counts(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        present = target != IGNORE_INDEX
+        seen = present.any(dim=1)
+        right = ((preds == target) | ~present).all(dim=1) & seen
+        return right.sum(), seen.sum()
+
+
+class ExactMatch(WordAccuracy):
+    """Percentage of multi-label examples whose every (present) tag decision is correct
+    (subset accuracy); the multi-label name of :class:`WordAccuracy`."""
 
 
 class HammingError(_NonFiniteAware):
@@ -109,7 +135,9 @@ class HammingError(_NonFiniteAware):
         as_percentage: True (default): wrong decisions as a percentage of all decisions (``B * N``
             of them); False: the mean number of wrong decisions per example.
 
-    ``update(preds, target)``: both ``(B, N)`` integer (e.g. 0/1) labels.
+    ``update(preds, target)``: both ``(B, N)`` integer (e.g. 0/1) labels; targets equal to
+    :data:`IGNORE_INDEX` are not decisions, and an example without any decision does not count
+    as an example.
     """
 
     is_differentiable = False
@@ -130,9 +158,10 @@ class HammingError(_NonFiniteAware):
     def update(self, preds: Tensor, target: Tensor, finite: Tensor | None = None) -> None:
         """Accumulate a batch. ``preds``, ``target``: ``(B, N)``; ``finite``: ``(B,)`` or None."""
         preds, target = _check(preds, target)
-        self.wrong += (preds != target).sum()
-        self.decisions += target.numel()
-        self.examples += target.shape[0]
+        present = target != IGNORE_INDEX
+        self.wrong += ((preds != target) & present).sum()
+        self.decisions += present.sum()
+        self.examples += present.any(dim=1).sum()
         self._note(finite)
 
     def compute(self) -> Tensor:
@@ -150,7 +179,8 @@ def task_metrics(task_type: str, prefix: str = "") -> MetricCollection:
 
     Args:
         task_type: ``"sequence"`` (``char_acc``, ``word_acc``) or ``"multilabel"``
-            (``hamming_error`` in percent, ``hamming_count`` per example).
+            (``hamming_error`` in percent, ``hamming_count`` per example, ``exact_match`` in
+            percent).
         prefix: prepended to the names, e.g. ``"val/"``.
 
     Returns:
@@ -162,6 +192,7 @@ def task_metrics(task_type: str, prefix: str = "") -> MetricCollection:
         metrics = {
             "hamming_error": HammingError(as_percentage=True),
             "hamming_count": HammingError(as_percentage=False),
+            "exact_match": ExactMatch(),
         }
     else:
         raise ValueError(f"task_type must be 'sequence' or 'multilabel', got {task_type!r}")

@@ -37,9 +37,14 @@ store across the ranks and makes the training loader sample each rank's own exam
 any number of processes. The training logs are averaged over the ranks.
 
 Logged: ``train/loss``, ``train/dual``, ``train/dual_change`` (mean change of the dual per sweep
-in the step, ``<= 0``), ``train/sweeps`` (double loop), ``val/loss``, ``val/char_acc`` and
-``val/word_acc`` (sequences) or ``val/hamming_error`` and ``val/hamming_count`` (multi-label),
-and the same under ``test/``.
+in the step, ``<= 0``), ``train/sweeps`` (double loop), ``val/loss``, ``val/sweeps``,
+``val/char_acc`` and ``val/word_acc`` (sequences) or ``val/hamming_error``,
+``val/hamming_count`` and ``val/exact_match`` (multi-label), and the same under ``test/``.
+
+Variable-size examples (sequences of several lengths, images with several tag sets) need no
+wiring either: the head reads each batch's mask (:meth:`StructuredHead.example_mask`, e.g.
+``batch["length"]`` for :class:`structlight.head.ChainHead`) once per step, and the loss, the
+message store, the predictions and the metrics see each example's present variables alone.
 """
 
 from __future__ import annotations
@@ -96,7 +101,14 @@ class DeepStructuredModel(
         unary_checkpoint: path of a Lightning checkpoint (e.g. of a ``unary_only`` run) whose
             backbone and unary weights initialise ``piecewise`` and ``pretrain_joint`` runs;
             loaded when fitting starts (not when resuming from this model's own checkpoint).
-        val_sweeps: sweeps from zero messages at validation, test and prediction.
+        val_sweeps: the most sweeps from zero messages at validation, test and prediction
+            (with ``val_tol=None``: exactly this many). Default 100: one sweep moves information
+            about two positions along a chain, so the paper's 10 sweeps suit 5-letter words but
+            not long sequences or large graphs.
+        val_tol: validation, test and prediction stop once no example's dual moves by more than
+            ``val_tol * max(1, |D|)`` in a sweep (:meth:`StructuredHead.converge`); the sweeps
+            used are logged as ``val/sweeps`` and ``test/sweeps``. None: always ``val_sweeps``
+            sweeps (``val_sweeps=10, val_tol=None`` is the paper's prediction).
         input_key: batch key of the backbone's input.
         l2_weight: explicit 2-norm regulariser weight (0: off; or use the optimizer's
             ``weight_decay``).
@@ -135,7 +147,8 @@ class DeepStructuredModel(
         lr_scheduler: LRSchedulerCallable | None = None,
         strategy: Strategy = "joint",
         unary_checkpoint: str | None = None,
-        val_sweeps: int = 10,
+        val_sweeps: int = 100,
+        val_tol: float | None = 1e-4,
         input_key: str = "image",
         l2_weight: float = 0.0,
         linf_bound: float | None = None,
@@ -164,6 +177,10 @@ class DeepStructuredModel(
             )
         if isinstance(val_sweeps, bool) or not isinstance(val_sweeps, int) or val_sweeps < 0:
             raise ValueError(f"val_sweeps must be an int >= 0, got {val_sweeps!r}")
+        if val_tol is not None and (
+            isinstance(val_tol, bool) or not isinstance(val_tol, (int, float)) or not val_tol >= 0
+        ):
+            raise ValueError(f"val_tol must be a number >= 0 or None, got {val_tol!r}")
         if l2_weight < 0:
             raise ValueError(f"l2_weight must be >= 0, got {l2_weight}")
         if linf_bound is not None and not linf_bound > 0:
@@ -183,6 +200,7 @@ class DeepStructuredModel(
         self.strategy_spec: StrategySpec = spec
         self.unary_checkpoint = unary_checkpoint
         self.val_sweeps = val_sweeps
+        self.val_tol = None if val_tol is None else float(val_tol)
         self.input_key = input_key
         self.l2_weight = float(l2_weight)
         self.linf_bound = linf_bound
@@ -308,13 +326,14 @@ class DeepStructuredModel(
         by the data, e.g. undecodable images) is skipped: no optimizer step in a single process;
         under data parallelism the rank contributes zero gradients to the others' step.
         """
-        labels = self.head.labels_from(batch)  # shape errors name the graph before the forward
+        # shape errors name the graph before the forward; the mask is read once, here
+        labels, mask = self.head.labels_and_mask(batch)
         b = int(labels.shape[0])
         if b == 0:
             return self._empty_step()
         theta = self(batch)
         if not self.strategy_spec.uses_structure:
-            out: StructuredLoss = self.head.independent_loss(theta, labels)
+            out: StructuredLoss = self.head.independent_loss(theta, labels, mask)
         else:
             track = self.log_dual_change and self._logs_this_step()
             out = self.head.training_loss(
@@ -323,6 +342,7 @@ class DeepStructuredModel(
                 track_dual_change=track,
                 write_back=not self.guard.enabled,
                 labels=labels.to(theta.device),
+                mask=mask,
             )
         index = batch.get(self.head.index_key) if isinstance(batch, Mapping) else None
         self.guard.note_batch(theta, out.loss, index=index, write=out.pending)

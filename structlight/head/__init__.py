@@ -20,7 +20,7 @@ The package, in the order a reader meets it:
 * :mod:`.chain`, :mod:`.fully_connected`: :class:`ChainHead`, :class:`FullyConnectedHead`.
 """
 
-from structlight.head.base import StructuredHead, StructuredLoss, TaskType
+from structlight.head.base import ExampleMask, StructuredHead, StructuredLoss, TaskType
 from structlight.head.builders import Share
 from structlight.head.chain import ChainHead
 from structlight.head.fully_connected import FullyConnectedHead
@@ -32,6 +32,7 @@ __all__ = [
     "Blended",
     "ChainHead",
     "DoubleLoop",
+    "ExampleMask",
     "FullyConnectedHead",
     "InferenceSettings",
     "MessageSchedule",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from structlight.chain import chain_marginals, chain_potentials, chain_viterbi
+from structlight.chain import chain_marginals, chain_potentials, chain_viterbi, check_lengths
 from structlight.graph import RegionGraph
-from structlight.head.base import StructuredHead
+from structlight.head.base import ExampleMask, StructuredHead
 from structlight.head.builders import (
     Share,
     UnaryMode,
@@ -34,6 +35,16 @@ class ChainHead(StructuredHead):
     separate distance-1/-2 tables): 831,842; ``pairwise="mlp"``, ``pairwise_in_features=1568``,
     ``pairwise_hidden=[64]``: 974,846.
 
+    Variable-length sequences: with ``num_vars`` the longest length, a batch that holds
+    ``batch[length_key]`` (``(B,)`` int64, ``1 <= length <= num_vars``) places example ``i``
+    on positions ``0..length_i - 1``; the rest is padding, which no loss, inference or metric
+    reads (labels there may be anything, -100 included; predictions there are -100 with zero
+    marginals). Example ``i`` then gets exactly what a ``ChainHead(num_vars=length_i)`` with the
+    same parameters gives it, as long as the terms do not depend on the chain length: the
+    unary's Linear is shared by all positions, and the pairwise tables with ``share="type"`` or
+    ``"shared"`` are too (``share="edge"`` gives each edge its own table, so a shorter chain
+    reads the leading ones).
+
     Args:
         num_vars: chain length N.
         num_states: states per position K.
@@ -57,6 +68,8 @@ class ChainHead(StructuredHead):
             passing, as the paper; ``"viterbi"``: the exact MAP labelling by dynamic programming,
             with exact marginals by the forward-backward algorithm (1st-order chains only).
         inference: the message-passing settings (:class:`InferenceSettings`).
+        length_key: batch key of the sequence lengths (absent from the batch: every sequence
+            has ``num_vars`` positions).
         **kwargs: ``num_train_examples``, ``label_key``, ``index_key``, ``store_location``: see
             :class:`StructuredHead`.
     """
@@ -81,6 +94,7 @@ class ChainHead(StructuredHead):
         counting_numbers: list[float] | None = None,
         decoding: Literal["marginal", "viterbi"] = "marginal",
         inference: InferenceSettings | None = None,
+        length_key: str = "length",
         **kwargs: Any,
     ) -> None:
         check_choice("pairwise", pairwise, ("table", "mlp", "none"))
@@ -94,6 +108,7 @@ class ChainHead(StructuredHead):
         graph = RegionGraph.chain(num_vars, num_states, order, counting_numbers=counting_numbers)
         super().__init__(graph, inference=inference, **kwargs)
         self.decoding = decoding
+        self.length_key = length_key
         edges = add_unary_and_tables(
             self, in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
         )
@@ -112,21 +127,56 @@ class ChainHead(StructuredHead):
             self, edges, num_states, share, pairwise_in_features, hidden, pairwise_source, input_key
         )
 
-    def predict(self, theta: Tensor, msgs: Tensor) -> tuple[Tensor, Tensor]:
+    def variable_mask(self, batch: Mapping[str, Any], batch_size: int) -> Tensor | None:
+        """Positions ``0..length_i - 1`` of each example, from ``batch[length_key]``; None when
+        the batch has no lengths.
+
+        Raises:
+            TypeError: the lengths are not an int64 tensor.
+            ValueError: not of shape ``(B,)``, or a length outside ``1..num_vars``.
+        """
+        if self.length_key not in batch:
+            return None
+        n = self.graph.num_vars
+        lengths = check_lengths(
+            batch[self.length_key], batch_size, n, f"batch[{self.length_key!r}]"
+        )
+        return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
+
+    def predict(
+        self, theta: Tensor, msgs: Tensor, mask: ExampleMask | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Decode the batch: marginal decoding (default) or, with ``decoding="viterbi"``, the
         exact MAP labelling and exact marginals (``msgs`` are then not used).
 
         Args:
             theta: ``(B, T)``.
             msgs: ``(B, M)``.
+            mask: the batch's :class:`ExampleMask` (None: every position present); for Viterbi
+                decoding its present positions must be a prefix of each chain.
 
         Returns:
-            ``(labels, marginals)``: ``(B, N)`` long and ``(B, N, K)``.
+            ``(labels, marginals)``: ``(B, N)`` long and ``(B, N, K)``; -100 and zeros at
+            absent positions.
+
+        Raises:
+            ValueError: Viterbi decoding with a mask that is not a prefix of each chain.
         """
         if self.decoding == "marginal":
-            return super().predict(theta, msgs)
+            return super().predict(theta, msgs, mask)
+        lengths = None
+        if mask is not None:
+            present = mask.variables.to(theta.device)
+            lengths = present.sum(1)
+            n = self.graph.num_vars
+            prefix = torch.arange(n, device=theta.device)[None, :] < lengths[:, None]
+            if not bool((prefix == present).all()):
+                raise ValueError(
+                    "decoding='viterbi' reads each chain's length: its present positions must be "
+                    "0..length - 1, but the mask has holes"
+                )
         with torch.no_grad():
             unary, pairwise = chain_potentials(self.graph, theta.detach())
-            labels, _ = chain_viterbi(unary, pairwise)
-            _, marginals, _ = chain_marginals(unary, pairwise)
+            labels, _ = chain_viterbi(unary, pairwise, lengths)
+            _, marginals, _ = chain_marginals(unary, pairwise, lengths)
             return labels, marginals

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
+
+import torch
+from torch import Tensor
 
 from structlight.graph import RegionGraph
 from structlight.head.base import StructuredHead
@@ -21,6 +25,11 @@ class FullyConnectedHead(StructuredHead):
     one ``K x K`` table per edge by default (``share="edge"``; 703 x 4 = 2,812 parameters for
     Flickr).
 
+    Variable-size examples: a batch that holds ``batch[mask_key]`` (``(B, N)`` bool) keeps, for
+    each example, its present variables and the edges between them; no loss, inference or metric
+    reads the rest (labels there may be anything, -100 included; predictions there are -100 with
+    zero marginals).
+
     Args:
         num_vars: N.
         in_features: backbone feature size F.
@@ -32,6 +41,7 @@ class FullyConnectedHead(StructuredHead):
         table_init_std: tables start as ``N(0, table_init_std^2)``.
         counting_numbers: ``c_r`` per region (default 1 for all).
         inference: the message-passing settings (:class:`InferenceSettings`).
+        mask_key: batch key of the present variables (absent from the batch: all present).
         **kwargs: ``num_train_examples``, ``label_key``, ``index_key``, ``store_location``: see
             :class:`StructuredHead`.
     """
@@ -50,6 +60,7 @@ class FullyConnectedHead(StructuredHead):
         table_init_std: float = 0.01,
         counting_numbers: list[float] | None = None,
         inference: InferenceSettings | None = None,
+        mask_key: str = "mask",
         **kwargs: Any,
     ) -> None:
         check_choice("pairwise", pairwise, ("table", "none"))
@@ -57,6 +68,32 @@ class FullyConnectedHead(StructuredHead):
         check_head_kwargs(type(self).__name__, kwargs)
         graph = RegionGraph.fully_connected(num_vars, num_states, counting_numbers=counting_numbers)
         super().__init__(graph, inference=inference, **kwargs)
+        self.mask_key = mask_key
         add_unary_and_tables(
             self, in_features, num_states, unary_mode, unary_hidden, pairwise, share, table_init_std
         )
+
+    def variable_mask(self, batch: Mapping[str, Any], batch_size: int) -> Tensor | None:
+        """The present variables ``batch[mask_key]``; None when the batch has no mask.
+
+        Raises:
+            TypeError: the mask is not a bool tensor.
+            ValueError: it is not of shape ``(B, N)``.
+        """
+        if self.mask_key not in batch:
+            return None
+        mask = batch[self.mask_key]
+        n = self.graph.num_vars
+        key = f"batch[{self.mask_key!r}]"
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(
+                f"{key} must be a bool tensor of shape ({batch_size}, {n}) (True: the variable is "
+                f"present), got {got}"
+            )
+        if tuple(mask.shape) != (batch_size, n):
+            raise ValueError(
+                f"{key} must have shape ({batch_size}, {n}) (one entry per example and variable), "
+                f"got {tuple(mask.shape)}"
+            )
+        return mask

@@ -1,5 +1,5 @@
-"""Labels against a head's graph: reading and checking them, the Hamming loss augmentation, and
-the arg-max read-out of per-variable beliefs."""
+"""Labels against a head's graph: reading and checking them (at the present positions of a
+variable-size example only), and the Hamming loss augmentation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from torch import Tensor
 from structlight.graph import RegionGraph
 from structlight.head.packing import PackingPlan
 
-__all__ = ["check_labels", "hamming_augment"]
+__all__ = ["IGNORE_LABEL", "check_label_range", "check_labels", "hamming_augment", "read_labels"]
+
+#: The label of an absent position (a padding position of a variable-size example): the
+#: metrics skip targets equal to it, and predictions there are it too.
+IGNORE_LABEL = -100
 
 
 def check_labels(
@@ -22,8 +26,7 @@ def check_labels(
     owner: str,
     batch_size: int | None = None,
 ) -> Tensor:
-    """The labels ``batch[label_key]``, checked against ``graph``
-    (:meth:`structlight.StructuredHead.labels_from`).
+    """The labels ``batch[label_key]``, checked against ``graph`` (every position present).
 
     Args:
         batch: the batch.
@@ -39,6 +42,25 @@ def check_labels(
         KeyError: no labels in the batch.
         ValueError: the labels' shape disagrees with the graph, or a label is not a state of its
             variable.
+    """
+    y = read_labels(batch, label_key, graph, owner, batch_size)
+    check_label_range(y, graph.num_states, label_key)
+    return y
+
+
+def read_labels(
+    batch: Mapping[str, Any],
+    label_key: str,
+    graph: RegionGraph,
+    owner: str,
+    batch_size: int | None = None,
+) -> Tensor:
+    """The labels ``batch[label_key]`` as a ``(B, N)`` long tensor, their shape checked against
+    ``graph`` (their range is :func:`check_label_range`'s).
+
+    Raises:
+        KeyError: no labels in the batch.
+        ValueError: the labels' shape disagrees with the graph, or they are non-integer floats.
     """
     if not isinstance(batch, Mapping) or label_key not in batch:
         keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
@@ -56,16 +78,30 @@ def check_labels(
     if y.dtype.is_floating_point:
         if not bool((y == y.round()).all()):
             raise ValueError("labels must be integer class indices, got non-integer floats")
-    y = y.long()
-    if y.numel():
-        _check_label_range(y, graph.num_states, label_key)
-    return y
+    return y.long()
 
 
-def _check_label_range(y: Tensor, num_states: Sequence[int], label_key: str) -> None:
-    """Raise naming the first label that is not a state of its variable."""
-    ks = torch.as_tensor(num_states, dtype=torch.long)
+def check_label_range(
+    y: Tensor, num_states: Sequence[int], label_key: str, present: Tensor | None = None
+) -> None:
+    """Raise naming the first label that is not a state of its variable.
+
+    Args:
+        y: ``(B, N)`` long labels.
+        num_states: the variables' state counts.
+        label_key: the labels' batch key, for the message.
+        present: ``(B, N)`` bool, the positions whose labels are read (None: all); labels
+            elsewhere may hold anything, :data:`IGNORE_LABEL` included.
+
+    Raises:
+        ValueError: a label read is outside ``0..num_states[i] - 1``.
+    """
+    if not y.numel():
+        return
+    ks = torch.as_tensor(num_states, dtype=torch.long, device=y.device)
     bad = (y < 0) | (y >= ks)
+    if present is not None:
+        bad = bad & present.to(y.device)
     if not bool(bad.any()):
         return
     b, v = (int(i) for i in bad.nonzero()[0])
@@ -73,11 +109,13 @@ def _check_label_range(y: Tensor, num_states: Sequence[int], label_key: str) -> 
     raise ValueError(
         f"batch[{label_key!r}][{b}, {v}] = {int(y[b, v])}, but variable {v} has {k} "
         f"states: labels must be in 0..{k - 1} ({int(bad.sum())} labels of the batch are out "
-        "of range)"
+        f"of range{'' if present is None else ' at present positions'})"
     )
 
 
-def hamming_augment(theta: Tensor, labels: Tensor, plan: PackingPlan) -> Tensor:
+def hamming_augment(
+    theta: Tensor, labels: Tensor, plan: PackingPlan, present: Tensor | None = None
+) -> Tensor:
     """``theta`` with ``+1`` on every singleton state but the label's (differentiable).
 
     Args:
@@ -85,7 +123,22 @@ def hamming_augment(theta: Tensor, labels: Tensor, plan: PackingPlan) -> Tensor:
         labels: ``(B, N)``.
         plan: the head's packing on ``theta``'s device and dtype (every variable with a
             singleton region).
+        present: ``(B, N)`` bool, the present variables (None: all). Absent variables keep
+            their tables as they are, and their labels are not read.
     """
-    pos = plan.sing_off + labels.to(theta.device)
+    labels = labels.to(theta.device)
+    if present is not None:
+        present = present.to(theta.device)
+        labels = torch.where(present, labels, 0)
+    pos = plan.sing_off + labels
     out = theta + plan.aug_base
-    return out.scatter_add(1, pos, theta.new_full(pos.shape, -1.0))
+    out = out.scatter_add(1, pos, theta.new_full(pos.shape, -1.0))
+    if present is None:
+        return out
+    # the singleton entries of absent variables go back to theta's (the extra column T is the
+    # index of states past a variable's count, dropped again)
+    b, (n, kmax) = theta.shape[0], plan.var_index.shape
+    absent = (~present)[:, :, None].expand(b, n, kmax).reshape(b, n * kmax)
+    entries = theta.new_zeros(b, theta.shape[1] + 1, dtype=torch.bool)
+    entries = entries.scatter(1, plan.var_index.reshape(1, -1).expand(b, -1), absent)
+    return torch.where(entries[:, :-1], theta, out)

@@ -9,13 +9,17 @@
 
 With Hamming loss augmentation (on by default when ``eps = 0``) the unary tables get ``+1`` on
 every wrong state of each variable before inference, so the loss is the structured hinge loss.
+
+Every loss takes the batch's :class:`~structlight.head.base.ExampleMask` (variable-size
+examples): the dual, the score, the augmentation and the unary-only terms then run over each
+example's present regions and variables alone, and the labels at absent positions are not read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -23,6 +27,9 @@ from torch import Tensor
 from structlight.guard import PendingWrite
 from structlight.inference.tempered import soft_max
 from structlight.store import MessageStore
+
+if TYPE_CHECKING:
+    from structlight.head.base import ExampleMask
 
 __all__ = ["HeadLosses", "StructuredLoss"]
 
@@ -54,25 +61,34 @@ class HeadLosses:
 
     A mixin (before ``nn.Module`` in the head's bases). The head provides ``bp`` (its
     :class:`~structlight.ConvexBP`), ``schedule``, ``store``, ``index_key``,
-    ``loss_augmentation``, ``labels_from``, ``augment``, ``unary_scores`` and ``_plan`` (its
-    packing on a device and dtype).
+    ``loss_augmentation``, ``labels_and_mask``, ``example_mask``, ``augment``,
+    ``unary_scores`` and ``_plan`` (its packing on a device and dtype).
     """
 
-    def structured_loss(self, theta: Tensor, labels: Tensor, msgs: Tensor) -> Tensor:
+    def structured_loss(
+        self, theta: Tensor, labels: Tensor, msgs: Tensor, mask: ExampleMask | None = None
+    ) -> Tensor:
         """``L = D(theta~, lam) - F(theta, y*)`` with ``lam`` held fixed.
 
         ``theta~`` is ``theta`` augmented with the Hamming loss when ``loss_augmentation`` is on.
 
         Args:
             theta: ``(B, T)`` potentials.
-            labels: ``(B, N)`` ground truth.
+            labels: ``(B, N)`` ground truth (not read at absent positions).
             msgs: ``(B, M)`` messages (detached here).
+            mask: the batch's :class:`~structlight.head.base.ExampleMask` (None: every
+                variable present).
 
         Returns:
             ``(B,)``, ``>= 0``.
         """
-        theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
-        return self.bp.dual(theta_inf, msgs.detach()) - self.bp.score(theta, labels)
+        if mask is None:
+            theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
+            return self.bp.dual(theta_inf, msgs.detach()) - self.bp.score(theta, labels)
+        mask = mask.to(theta.device)
+        theta_inf = self.augment(theta, labels, mask) if self.loss_augmentation else theta
+        dual = self.bp.dual(theta_inf, msgs.detach(), mask=mask.regions)
+        return dual - self.bp.score(theta, labels, mask=mask.regions)
 
     def training_loss(
         self,
@@ -81,6 +97,7 @@ class HeadLosses:
         track_dual_change: bool = True,
         write_back: bool = True,
         labels: Tensor | None = None,
+        mask: ExampleMask | None = None,
     ) -> StructuredLoss:
         """One step of the paper's algorithm on a batch: message passing, store update, loss.
 
@@ -89,7 +106,8 @@ class HeadLosses:
         sweeps and writes them back; the double loop starts from zero messages, runs up to
         ``max_sweeps`` sweeps (early stop at ``tol``) and stores nothing. The store never takes
         a non-finite row: an example whose new messages hold a NaN or an infinity keeps its old
-        ones.
+        ones. For variable-size examples the potentials are prepared with the batch's region
+        mask, so absent regions have no messages (they are stored as 0) and no dual term.
 
         Args:
             theta: ``(B, T)`` potentials from :meth:`forward`.
@@ -102,6 +120,9 @@ class HeadLosses:
                 :class:`structlight.DeepStructuredModel` does.
             labels: ``(B, N)`` labels already checked by :meth:`labels_from` (the caller's own
                 check of this step); None: read and check ``batch[label_key]`` here.
+            mask: the batch's :class:`~structlight.head.base.ExampleMask`, computed once by the
+                caller; None: read from the batch here (:meth:`example_mask`; None again when
+                every variable is present).
 
         Returns:
             :class:`StructuredLoss` with the ``(B,)`` loss.
@@ -111,16 +132,30 @@ class HeadLosses:
         """
         b = theta.shape[0]
         if labels is None:
-            labels = self.labels_from(batch, b)
+            labels, read = self.labels_and_mask(batch, b)
+            mask = read if mask is None else mask
         elif labels.shape[0] != b:
             raise ValueError(
                 f"labels have batch size {labels.shape[0]} but the potentials {b}: pass the "
                 "labels of this batch"
             )
-        theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
+        elif mask is None:
+            mask = self.example_mask(batch, b)
+        region = None
+        if mask is not None:
+            mask = mask.to(theta.device)
+            region = mask.regions
+        if self.loss_augmentation:
+            theta_inf = self.augment(theta, labels, mask)
+        else:
+            theta_inf = theta
         # prepared once: the sweeps (no gradient) and the final dual (gradient to theta_inf)
-        # share its tables
-        fixed = self.bp.prepare(theta_inf)
+        # share its tables (and the region mask)
+        fixed = (
+            self.bp.prepare(theta_inf)
+            if region is None
+            else self.bp.prepare(theta_inf, mask=region)
+        )
         if self.schedule.uses_store:
             index = MessageStore.index_from(batch, self.index_key)
             if index.dim() != 1 or index.shape[0] != b:
@@ -143,7 +178,7 @@ class HeadLosses:
                 self.store.scatter(index, torch.where(finite, msgs, start))
                 pending = None
         dual = self.bp.dual(fixed, msgs.detach())
-        loss = dual - self.bp.score(theta, labels)
+        loss = dual - self.bp.score(theta, labels, mask=region)
         change = None
         if dual_before is not None and num > 0:
             change = (dual.detach() - dual_before) / num
@@ -151,7 +186,9 @@ class HeadLosses:
             loss=loss, dual=dual.detach(), dual_change=change, num_sweeps=num, pending=pending
         )
 
-    def independent_loss(self, theta: Tensor, labels: Tensor) -> StructuredLoss:
+    def independent_loss(
+        self, theta: Tensor, labels: Tensor, mask: ExampleMask | None = None
+    ) -> StructuredLoss:
         """The loss of the model without its pairwise and higher-order regions (``unary_only``).
 
         Per variable ``ĉ_i log sum exp(u_i / ĉ_i) - u_i(y*_i)`` (``max`` for ``ĉ_i = 0``, with the
@@ -162,18 +199,28 @@ class HeadLosses:
 
         Args:
             theta: ``(B, T)``; only the singleton tables are read.
-            labels: ``(B, N)``.
+            labels: ``(B, N)`` (not read at absent positions).
+            mask: the batch's :class:`~structlight.head.base.ExampleMask` (None: every
+                variable present); the sums run over the present variables.
 
         Returns:
             :class:`StructuredLoss` (no messages, ``num_sweeps = 0``).
         """
         labels = labels.to(theta.device)
+        present = None
+        if mask is not None:
+            present = mask.variables.to(theta.device)
+            labels = torch.where(present, labels, 0)
         u = self.unary_scores(theta)
         score = u.gather(2, labels[..., None]).squeeze(2)
         if self.loss_augmentation:
-            u = self.unary_scores(self.augment(theta, labels))
+            u = self.unary_scores(self.augment(theta, labels, mask))
         plan = self._plan(theta.device, theta.dtype)
-        dual = soft_max(u, plan.temper, -1).sum(1)
+        per_var = soft_max(u, plan.temper, -1)
+        if present is not None:
+            per_var = torch.where(present, per_var, 0.0)
+            score = torch.where(present, score, 0.0)
+        dual = per_var.sum(1)
         return StructuredLoss(
             loss=dual - score.sum(1), dual=dual.detach(), dual_change=None, num_sweeps=0
         )
