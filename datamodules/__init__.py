@@ -1,4 +1,4 @@
-"""LightningDataModules for structlight's data sets (Word50, MIRFLICKR-25000).
+"""LightningDataModules for structlight's data sets (Word50, VarWords, MIRFLICKR-25000).
 
 Imports are lazy so that ``import datamodules`` stays cheap and a missing optional
 dependency of one data set does not break the others.
@@ -13,6 +13,9 @@ _EXPORTS = {
     "Word50DataModule": "datamodules.word50",
     "Word50Dataset": "datamodules.word50",
     "generate_word50": "datamodules.word50",
+    "VarWordsDataModule": "datamodules.varwords",
+    "VarWordsDataset": "datamodules.varwords",
+    "generate_varwords": "datamodules.varwords",
     "DatasetNotFoundError": "datamodules.errors",
     "MirFlickrDataModule": "datamodules.flickr",
     "MIRFLICKR_TAGS": "datamodules.flickr",
