@@ -168,6 +168,9 @@ def test_datamodule_batches(tmp_path: Path, tiny_h5: Path) -> None:
     (root / "varwords.h5").write_bytes(tiny_h5.read_bytes())
     dm = VarWordsDataModule(root=root, batch_size=4, seed=3, shuffle_seed=1, progress=False, **TINY)
     assert dm.n_max == 14 and dm.num_classes == 26 and dm.words is None
+    assert isinstance(dm.hparams.root, str)  # plain data in checkpoints (weights-only loads)
+    plain = VarWordsDataModule(difficulty={"noise": 0.0})
+    assert plain.hparams.difficulty["noise"] == 0.0 and plain._config["difficulty"]["noise"] == 0.0
     dm.setup("fit")
     assert len(dm.words) == 3194
     loader = dm.train_dataloader()
@@ -263,3 +266,94 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert attrs["difficulty"]["noise"] == 0.0 and attrs["max_length"] == 6
     assert max(len(w) for w in attrs["words"]) == 6
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_chain_head_trains_on_padded_batches(tmp_path: Path, tiny_h5: Path, order: int) -> None:
+    """A few VarWords batches through DeepStructuredModel + ChainHead(num_vars=n_max)."""
+    from functools import partial
+
+    import lightning.pytorch as pl
+
+    from structlight.backbones import PerPosition
+    from structlight.head import ChainHead
+    from structlight.potentials import MLP
+    from structlight.task import DeepStructuredModel
+    from tests.ddp_scripts.common import quiet_trainer
+
+    (tmp_path / "varwords.h5").write_bytes(tiny_h5.read_bytes())
+    dm = VarWordsDataModule(root=tmp_path, batch_size=4, eval_batch_size=6, seed=3, **TINY)
+    pl.seed_everything(0, verbose=False)
+    model = DeepStructuredModel(
+        PerPosition(MLP(784, [16])),
+        ChainHead(dm.n_max, dm.num_classes, 16, order=order),
+        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9),
+        val_sweeps=3,
+    )
+    losses: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            losses.append(float(outputs["loss"]))
+
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, callbacks=[Record()])
+    trainer.fit(model, dm)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    result = trainer.validate(model, dm, verbose=False)[0]
+    assert 0.0 <= result["val/char_acc"] <= 100.0
+    batch = next(iter(dm.val_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        labels = model.predict_step(batch, 0)["labels"]
+    real = torch.arange(dm.n_max)[None, :] < batch["length"][:, None]
+    assert labels.shape == (6, dm.n_max)
+    assert (labels[~real] == -100).all() and ((labels[real] >= 0) & (labels[real] < 26)).all()
+
+
+def test_mid_epoch_resume_repeats_the_length_grouped_batches(tmp_path: Path, tiny_h5: Path) -> None:
+    """ResumeState fast-forwards the LengthGroupedSampler: the resumed run's batches are the
+    uninterrupted run's."""
+    import lightning.pytorch as pl
+
+    from structlight.checkpointing import ResumableCheckpoint, ResumeState
+    from tests.ddp_scripts.common import Snapshot, quiet_trainer
+
+    (tmp_path / "varwords.h5").write_bytes(tiny_h5.read_bytes())
+
+    class Record(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(28 * 28, 26)
+            self.batches: list[tuple[int, list[int]]] = []
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            self.batches.append((self.global_step, batch["index"].tolist()))
+            logits = self.net(batch["image"].flatten(2))
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["label"].flatten())
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(ckpt_dir: Path, ckpt_path: Path | None = None, snapshot: Path | None = None) -> Record:
+        dm = VarWordsDataModule(root=tmp_path, batch_size=5, seed=3, shuffle_seed=2, **TINY)
+        callbacks: list[pl.Callback] = [
+            ResumableCheckpoint(dirpath=ckpt_dir, last_every_n_train_steps=2),
+            ResumeState(),
+        ]
+        if snapshot is not None:
+            callbacks.append(Snapshot(ckpt_dir, 7, snapshot))  # 5 steps an epoch: mid-epoch 2
+        model = Record()
+        trainer = quiet_trainer(
+            max_epochs=2, callbacks=callbacks, enable_checkpointing=True, limit_val_batches=0
+        )
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        return model
+
+    mid = tmp_path / "mid.ckpt"
+    whole = fit(tmp_path / "a", snapshot=mid)
+    assert len(whole.batches) == 10
+    epochs = [sorted(i for _, b in whole.batches[e * 5 : e * 5 + 5] for i in b) for e in (0, 1)]
+    assert epochs == [list(range(24))] * 2  # every word once per epoch
+    assert whole.batches[:5] != whole.batches[5:]  # reshuffled
+    resumed = fit(tmp_path / "b", ckpt_path=mid)
+    assert resumed.batches == [s for s in whole.batches if s[0] >= 6]

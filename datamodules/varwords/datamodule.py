@@ -71,7 +71,8 @@ class VarWordsDataModule(LightningDataModule):
             the models' number of positions :attr:`n_max`.
         fonts: font files or matplotlib font names; default Word50's 22 matplotlib faces.
         font_dir: a folder of extra fonts to add to the font set.
-        difficulty: perturbation ranges; default Word50's calibrated ``Word50Difficulty()``.
+        difficulty: perturbation ranges (or their ``Word50Difficulty.to_dict()`` form); default
+            Word50's calibrated ``Word50Difficulty()``.
         filename: the HDF5 file name inside ``root``.
         in_memory: read each split into memory in ``setup`` (fastest); ``False`` reads from the
             HDF5 file on demand, one handle per worker process.
@@ -109,7 +110,7 @@ class VarWordsDataModule(LightningDataModule):
         max_length: int = MAX_LENGTH,
         fonts: list[str] | None = None,
         font_dir: str | None = None,
-        difficulty: Word50Difficulty | None = None,
+        difficulty: Word50Difficulty | dict[str, Any] | None = None,
         filename: str = DEFAULT_FILENAME,
         in_memory: bool = True,
         train_shuffle: bool = True,
@@ -135,6 +136,13 @@ class VarWordsDataModule(LightningDataModule):
             raise ValueError(f"shuffle_seed must be None or an integer. Got {shuffle_seed!r}.")
         if pad_to not in ("max", "longest"):
             raise ValueError(f"pad_to must be 'max' or 'longest'. Got {pad_to!r}.")
+        if isinstance(difficulty, dict):
+            difficulty = Word50Difficulty.from_dict(difficulty)
+        settings = difficulty
+        # checkpoints keep the hyperparameters as plain data (a weights-only load refuses a
+        # Path or a dataclass)
+        root = str(root)
+        difficulty = None if settings is None else settings.to_dict()  # noqa: F841
         self.save_hyperparameters()
         self.root = Path(root)
         self.batch_size = batch_size
@@ -160,7 +168,7 @@ class VarWordsDataModule(LightningDataModule):
             "max_length": max_length,
             "fonts": fonts,
             "font_dir": font_dir,
-            "difficulty": difficulty,
+            "difficulty": settings,
         }
         self._config = generator_config(**self._gen_kwargs)  # validates everything
         self.datasets: dict[str, VarWordsDataset] = {}
