@@ -156,7 +156,9 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
         model_args["unary_checkpoint"] = _unary_run(r.mlp_tag)
     model_args.update(
         {
+            # the paper's prediction: exactly 10 sweeps (enough for 5-letter words)
             "val_sweeps": 10,
+            "val_tol": None,
             "backbone": {
                 "class_path": "structlight.backbones.PerPosition",
                 "init_args": {
