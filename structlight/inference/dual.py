@@ -52,12 +52,20 @@ class PairDual(torch.autograd.Function):
     :func:`~structlight.inference.readout.pair_fhat`), no autograd graph. The beliefs ``b = softmax(fhat)`` come out
     of the same exps and are kept; backward is then ``dD/df_r = b_r`` and
     ``dD/dlam[i->e](y_i) = sum_{y_j} b_e(y_i, y_j) - b_i(y_i)`` (``docs/inference.md``), times the output
-    gradient, with no graph of a dozen (E, K, K, B) ops to walk back.
+    gradient, with no graph of a dozen (E, K, K, B) ops to walk back. With region masks
+    (``node_mask`` ``(N, 1, B)``, ``pair_mask`` ``(E, 1, B)``, 1 for present) absent regions
+    have no term and zero beliefs.
     """
 
     @staticmethod
     def forward(
-        ctx, theta: Tensor, msgs: Tensor, d: PairwisePlan, tables: SweepTables | None
+        ctx,
+        theta: Tensor,
+        msgs: Tensor,
+        d: PairwisePlan,
+        tables: SweepTables | None,
+        node_mask: Tensor | None = None,
+        pair_mask: Tensor | None = None,
     ) -> Tensor:
         b, k = theta.shape[0], d.kmax
         want = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -74,7 +82,7 @@ class PairDual(torch.autograd.Function):
             ma, mb = tree_max(la, 1), tree_max(lb, 1)
             xa, xb = (la - ma).exp_(), (lb - mb).exp_()
             tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
-            if epair.shape[-1] == 1 and b > 1:
+            if epair.shape[-1] == 1 and b > 1 and pair_mask is None:
                 # one (E, K, K) table set for the batch: sum_{a,c} E(a,c) x_a(a) x_b(c) as
                 # x_a . (E @ x_b), no (E, K, K, B) tensor; the backward builds the beliefs
                 e4 = epair.view(-1, k, k)
@@ -90,6 +98,9 @@ class PairDual(torch.autograd.Function):
                 s = e.sum(1, keepdim=True)
                 if not bool(s.amin() < tiny):
                     val = s.log().add_(c).add_(ma).add_(mb)
+                    if pair_mask is not None:
+                        val.mul_(pair_mask)
+                        e.mul_(pair_mask)  # absent pairs: zero beliefs (e / s below)
                     pair_done = _PairTerm(e, s, val.sum(0)[0], None)
         pairs = None
         if tables is None:
@@ -106,12 +117,16 @@ class PairDual(torch.autograd.Function):
             fpair = pairs + la.unsqueeze(2)
             fpair += lb.unsqueeze(1)
             xs.append(fpair.view(-1, k * k, b))
-        for x in xs:
+        for x, mask in zip(xs, (node_mask, pair_mask), strict=False):
             m = tree_max(x, 1)
             m.masked_fill_(m.isinf(), 0.0)  # as torch.logsumexp: no inf - inf
             e = x.sub_(m).exp_()  # x is ours: reuse it
             s = e.sum(1, keepdim=True)
-            val = s.log().add_(m).sum(0)[0]  # (B,)
+            val = s.log().add_(m)
+            if mask is not None:  # absent regions: no term, zero beliefs
+                val.mul_(mask)
+                e.mul_(mask)
+            val = val.sum(0)[0]  # (B,)
             out = val if out is None else out.add_(val)
             if want:
                 bels.append(e.div_(s))
@@ -170,18 +185,23 @@ class PairDual(torch.autograd.Function):
             gm.index_add_(0, d.end1, over_a)
             gm = gm.view(-1, b).mul_(grad)
             g_msgs = (gm if d.in_order else gm.index_select(0, d.to_general)).t()
-        return g_theta, g_msgs, None, None
+        return g_theta, g_msgs, None, None, None, None
 
 
 def pair_dual(prep: PreparedPotentials, msgs: Tensor, plan: Plan) -> Tensor:
     """The dual on the fast path, ``(B,)``."""
     d, masks = plan.pairwise, prep.masks
     theta = prep.theta
-    if d.uniform and d.node_temper.unit and d.pair_temper.unit and masks is None:
+    if d.uniform and d.node_temper.unit and d.pair_temper.unit:
         # every ĉ = 1: the custom Function, on the exp tables a sweep on this prepared object
         # built (if any; log-space tables are not of use)
         tables = prep.built_tables()
-        return PairDual.apply(theta, msgs, d, tables if tables and tables.exp else None)
+        tables = tables if tables and tables.exp else None
+        if masks is None:
+            return PairDual.apply(theta, msgs, d, tables)
+        node_mask = masks.node.unsqueeze(1).to(theta.dtype)
+        pair_mask = masks.pair.unsqueeze(1).to(theta.dtype)
+        return PairDual.apply(theta, msgs, d, tables, node_mask, pair_mask)
     scores = pair_fhat(theta, msgs, d)
     node_b = pair_b = None
     if plan.has_zero:

@@ -126,7 +126,6 @@ class ConvexBP:
         if mask is not None:
             plan = self._plan(theta.device, theta.dtype)
             masks = build_masks(self._checked_mask(mask, theta.shape[0], plan), plan)
-            theta, clean = torch.where(masks.entries, theta, 0.0), False
         return PreparedPotentials(theta, clean, self, version_of(theta), masks)
 
     def _checked_mask(self, mask: Tensor, batch_size: int, plan: Plan) -> Tensor:
@@ -176,8 +175,8 @@ class ConvexBP:
             raise TypeError(f"messages must be a tensor, got {type(msgs).__name__}")
         prep = self.prepare(pots, msgs.shape[0] if msgs.dim() == 2 else None, mask)
         self.layout.check_messages(prep.theta, msgs)
-        if prep.masks is not None:
-            msgs = torch.where(prep.masks.message, msgs, 0.0)
+        if prep.masks is not None:  # absent messages are 0, whatever arrived
+            msgs = msgs * prep.masks.message
         return prep, msgs, self._plan(prep.device, prep.dtype)
 
     # ------------------------------------------------------------------ message passing

@@ -38,8 +38,9 @@ class Masks:
     Attributes:
         region: ``(B, R)`` bool, the present regions (what the caller gave).
         edge: ``(B, E)`` bool, the messages that exist.
-        message: ``(B, M)`` bool, the same per message entry.
-        entries: ``(B, T)`` bool, the potential entries of present regions.
+        message: ``(B, M)`` the same per message entry, 1 or 0 in the weights' dtype (messages
+            are multiplied by it: a float product is several times faster than a boolean
+            select on the CPU).
         weight: ``(B, E)`` the block update's weight of each message (0 where absent).
         node: fast path only: ``(N, B)`` bool, present singletons.
         pair: fast path only: ``(E_pairs, B)`` bool, present pairs.
@@ -50,7 +51,6 @@ class Masks:
     region: Tensor
     edge: Tensor
     message: Tensor
-    entries: Tensor
     weight: Tensor
     node: Tensor | None
     pair: Tensor | None
@@ -120,8 +120,7 @@ def build_masks(region: Tensor, plan: Plan) -> Masks:
     return Masks(
         region=region,
         edge=edge,
-        message=edge.index_select(1, plan.msg_edge),
-        entries=region.index_select(1, plan.entry_region),
+        message=present.to(weight.dtype).index_select(1, plan.msg_edge),
         weight=weight,
         node=node,
         pair=pair,

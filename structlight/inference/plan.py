@@ -115,7 +115,6 @@ class Plan:
     num_states: Tensor  # (N,) state counts
     counting: Tensor  # (R,) c_r (per-example message weights of masked batches)
     msg_edge: Tensor  # (M,) edge of each message entry
-    entry_region: Tensor  # (T,) region of each theta entry
     score_valid: Tensor  # (R, L) 1 where score_vars holds one of the region's variables
     regions_by_shape: dict[tuple[int, ...], list[int]]  # region indices by region shape
     pairwise: PairwisePlan | None = None
@@ -311,7 +310,6 @@ def build_plan(graph: RegionGraph, layout: PackedLayout, eps: float, fast_path: 
         msg_edge=np.repeat(np.arange(len(g.edges)), [sizes[c] for c, _ in g.edges]).astype(
             np.int64
         ),
-        entry_region=np.repeat(np.arange(num_r), sizes).astype(np.int64),
         score_valid=(
             np.arange(lmax)[None, :] < np.array([len(r) for r in g.regions])[:, None]
         ).astype(np.int64),

@@ -175,8 +175,10 @@ class PreparedPotentials:
         clean: nothing needed clamping and ``theta`` is the input itself (checked on the CPU;
             on a GPU the check would cost a device sync, so the clamp always runs and this is
             False).
-        masks: the batch's :class:`~structlight.inference.masks.Masks` (absent regions'
-            entries of ``theta`` are then 0), or None: every region present.
+        masks: the batch's :class:`~structlight.inference.masks.Masks`, or None: every region
+            present. Absent regions' entries of ``theta`` are never part of a result, but they
+            are multiplied by 0 on the way, so they must be finite (the heads' potentials are;
+            the non-finite guard checks every entry).
     """
 
     theta: Tensor
