@@ -11,12 +11,7 @@ from structlight.graph import RegionGraph
 from structlight.inference import dual as _dual
 from structlight.inference import readout
 from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
-from structlight.inference.masks import (
-    build_masks,
-    check_region_mask,
-    first_open_region,
-    region_mask_from_variables,
-)
+from structlight.inference.masks import build_masks, checked_region_mask, region_mask_from_variables
 from structlight.inference.plan import Plan, build_plan
 from structlight.inference.prepared import PreparedPotentials, clamp, version_of
 from structlight.inference.sweep import CompiledSweep, sweep_messages
@@ -125,23 +120,8 @@ class ConvexBP:
         masks = None
         if mask is not None:
             plan = self._plan(theta.device, theta.dtype)
-            masks = build_masks(self._checked_mask(mask, theta.shape[0], plan), plan)
+            masks = build_masks(checked_region_mask(mask, theta.shape[0], self.graph, plan), plan)
         return PreparedPotentials(theta, clean, self, version_of(theta), masks)
-
-    def _checked_mask(self, mask: Tensor, batch_size: int, plan: Plan) -> Tensor:
-        """A ``(B, R)`` bool mask on the plan's device, closed under sub-regions."""
-        mask = check_region_mask(mask, batch_size, self.graph.num_regions)
-        mask = mask.to(plan.edge_parent.device)
-        hole = first_open_region(mask, plan)
-        if hole is not None:
-            b, r, c = hole
-            regs = self.graph.regions
-            raise ValueError(
-                f"the region mask of example {b} keeps region {regs[r]} but drops its "
-                f"sub-region {regs[c]}: a region is present only when all its variables are "
-                "(build masks with ConvexBP.region_mask)"
-            )
-        return mask
 
     def region_mask(self, variable_mask: Tensor) -> Tensor:
         """The ``(B, R)`` region mask of a ``(B, N)`` bool variable mask: a region is present
@@ -150,14 +130,7 @@ class ConvexBP:
         Raises:
             TypeError, ValueError: ``variable_mask`` is not a ``(B, N)`` bool tensor.
         """
-        n = self.graph.num_vars
-        if not isinstance(variable_mask, Tensor) or variable_mask.dtype != torch.bool:
-            raise TypeError("the variable mask must be a bool tensor of shape (B, N)")
-        if variable_mask.dim() != 2 or variable_mask.shape[1] != n:
-            raise ValueError(
-                f"the variable mask must have shape (B, {n}), got {tuple(variable_mask.shape)}"
-            )
-        plan = self._plan(variable_mask.device, torch.get_default_dtype())
+        plan = self._plan(getattr(variable_mask, "device", None), torch.get_default_dtype())
         return region_mask_from_variables(variable_mask, plan)
 
     def init_messages(
@@ -295,5 +268,5 @@ class ConvexBP:
         theta = self.layout.pack(pots, batch_size=labels.shape[0])
         plan = self._plan(theta.device, theta.dtype)
         if mask is not None and masks is None:
-            masks = build_masks(self._checked_mask(mask, labels.shape[0], plan), plan)
+            masks = build_masks(checked_region_mask(mask, labels.shape[0], self.graph, plan), plan)
         return readout.score(theta, labels, plan, masks)

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from structlight.graph import RegionGraph
 from structlight.inference.plan import Plan
 
 __all__ = [
     "Masks",
     "build_masks",
     "check_region_mask",
-    "first_open_region",
+    "checked_region_mask",
     "region_mask_from_variables",
 ]
 
@@ -76,19 +77,41 @@ def check_region_mask(mask: object, batch_size: int, num_regions: int) -> Tensor
     return mask
 
 
-def first_open_region(region: Tensor, plan: Plan) -> tuple[int, int, int] | None:
-    """``(example, region, sub-region)`` of the first present region whose sub-region is
-    absent (a mask that keeps a region while dropping one of its variables), or None."""
-    bad = region.index_select(1, plan.edge_parent) & ~region.index_select(1, plan.edge_child)
-    if not bool(bad.any()):
-        return None
-    b, e = (int(v) for v in bad.nonzero()[0])
-    return b, int(plan.edge_parent[e]), int(plan.edge_child[e])
+def checked_region_mask(mask: object, batch_size: int, graph: RegionGraph, plan: Plan) -> Tensor:
+    """``mask`` as a ``(B, R)`` bool tensor on the plan's device, closed under sub-regions.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_region_mask`; ValueError also for a mask that
+            keeps a region while dropping one of its sub-regions (one of its variables), naming
+            the example and both regions.
+    """
+    mask = check_region_mask(mask, batch_size, graph.num_regions).to(plan.edge_parent.device)
+    bad = mask.index_select(1, plan.edge_parent) & ~mask.index_select(1, plan.edge_child)
+    if bool(bad.any()):
+        b, e = (int(v) for v in bad.nonzero()[0])
+        parent, child = graph.edges[e][1], graph.edges[e][0]
+        raise ValueError(
+            f"the region mask of example {b} keeps region {graph.regions[parent]} but drops "
+            f"its sub-region {graph.regions[child]}: a region is present only when all its "
+            "variables are (build masks with ConvexBP.region_mask)"
+        )
+    return mask
 
 
-def region_mask_from_variables(variable_mask: Tensor, plan: Plan) -> Tensor:
+def region_mask_from_variables(variable_mask: object, plan: Plan) -> Tensor:
     """``(B, R)``: a region is present when all its variables are (``variable_mask`` ``(B, N)``
-    bool)."""
+    bool).
+
+    Raises:
+        TypeError, ValueError: ``variable_mask`` is not a ``(B, N)`` bool tensor.
+    """
+    n = plan.num_states.shape[0]
+    if not isinstance(variable_mask, Tensor) or variable_mask.dtype != torch.bool:
+        raise TypeError("the variable mask must be a bool tensor of shape (B, N)")
+    if variable_mask.dim() != 2 or variable_mask.shape[1] != n:
+        raise ValueError(
+            f"the variable mask must have shape (B, {n}), got {tuple(variable_mask.shape)}"
+        )
     picked = variable_mask.index_select(1, plan.score_vars.view(-1))
     picked = picked.view(-1, *plan.score_vars.shape) | (plan.score_valid == 0)
     return picked.all(-1)
