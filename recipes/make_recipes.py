@@ -9,7 +9,13 @@ The grid is the paper's Word50 experiments (Chen et al., ICML 2015):
 * Fig. 6: 1st-order JointTrain with a one-layer MLP pairwise function of 16, 32 or 64 hidden
   units on the two characters' pixels (1568 inputs) -> ``recipes/word50/fig6/``;
 * the quick start: ``recipes/word50/quickstart.yaml`` (2nd-order JointTrain) and
-  ``quickstart_unary.yaml`` (its unary-only baseline), a few minutes on 2 CPU cores.
+  ``quickstart_unary.yaml`` (its unary-only baseline), a few minutes on 2 CPU cores;
+* variable-size examples: ``recipes/varwords/{unary,joint1,joint2}.yaml``, unary only, 1st- and
+  2nd-order JointTrain with a one-layer MLP (H1 = 512) on VarWords (English words of 2 to 14
+  letters, ``datamodules.varwords``): ``ChainHead(num_vars=14)`` on batches padded to 14
+  positions, each word a chain of its own length (``batch["length"]``); :data:`VAR_EPOCHS`
+  epochs; validation runs up to 50 sweeps and stops when the messages converge (longer chains
+  than Word50's five letters need more than 10).
 
 Settings (the paper's, DESIGN §3): mini-batch 100, SGD step 0.01 (0.001 for PreTrainJoint),
 momentum 0.95, the step halved whenever the validation accuracy does not improve
@@ -27,7 +33,7 @@ writes (``structlight-table`` runs the unary recipe first and passes its checkpo
 
 Twins (``tests/conf/...``, same path below the folder): the same classes and settings with tiny
 data (20/10/10 words, batch 2) and ``fast_dev_run``; the tests point ``data.init_args.root`` at a
-tiny generated Word50 and ``unary_checkpoint`` at a stand-in checkpoint.
+tiny generated Word50 (or VarWords) and ``unary_checkpoint`` at a stand-in checkpoint.
 
 Usage::
 
@@ -54,8 +60,17 @@ EPOCHS = 100
 #: The quick start: epochs of the unary-only and of the 2nd-order joint run.
 QUICK_EPOCHS = 15
 QUICK_TRAINER: tuple[tuple[str, Any], ...] = ()
-#: Word50 of the twins (the tests generate it with these sizes).
+#: Word50 and VarWords of the twins (the tests generate them with these sizes).
 TINY_DATA = {"num_train": 20, "num_val": 10, "num_test": 10}
+#: Epochs of the VarWords recipes (x 100 iterations of 100 words).
+VAR_EPOCHS = 30
+#: VarWords' longest word: the chain head's number of positions.
+VAR_N_MAX = 14
+#: Data module of each data set.
+DATA_CLASSES = {
+    "word50": "datamodules.word50.Word50DataModule",
+    "varwords": "datamodules.varwords.VarWordsDataModule",
+}
 
 ONE_LAYER = (128, 256, 512, 768, 1024)
 TWO_LAYER_H2 = (32, 64, 128, 256, 512)
@@ -113,13 +128,13 @@ class Recipe:
 
     path: str  # below recipes/ (and tests/conf/)
     title: str
-    hidden: tuple[int, ...]
-    strategy: str
+    dataset: str = "word50"  # word50 | varwords
+    hidden: tuple[int, ...] = (512,)
+    strategy: str = "joint"
     order: int = 1
     pairwise: str = "table"  # table | mlp | none
     pair_hidden: int | None = None
     epochs: int = EPOCHS
-    data_root: str = "data/word50"
     data_extra: tuple[tuple[str, Any], ...] = ()
     trainer_extra: tuple[tuple[str, Any], ...] = ()
     paper: tuple[float, float] | None = None
@@ -139,8 +154,9 @@ def _unary_run(mlp_tag: str) -> str:
 
 def _config(r: Recipe, twin: bool) -> dict[str, Any]:
     lr = 0.001 if r.strategy == "pretrain_joint" else 0.01
+    varwords = r.dataset == "varwords"
     head: dict[str, Any] = {
-        "num_vars": 5,
+        "num_vars": VAR_N_MAX if varwords else 5,
         "num_states": 26,
         "in_features": r.hidden[-1],
         "order": r.order,
@@ -154,11 +170,12 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
     model_args: dict[str, Any] = {"strategy": r.strategy, "scheduler_monitor": "val/char_acc"}
     if r.strategy in ("piecewise", "pretrain_joint"):
         model_args["unary_checkpoint"] = _unary_run(r.mlp_tag)
+    if varwords:  # up to 50 sweeps, until the messages converge (val_tol's default)
+        model_args["val_sweeps"] = 50
+    else:  # the paper's prediction: exactly 10 sweeps (enough for 5-letter words)
+        model_args.update({"val_sweeps": 10, "val_tol": None})
     model_args.update(
         {
-            # the paper's prediction: exactly 10 sweeps (enough for 5-letter words)
-            "val_sweeps": 10,
-            "val_tol": None,
             "backbone": {
                 "class_path": "structlight.backbones.PerPosition",
                 "init_args": {
@@ -179,25 +196,29 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
             },
         }
     )
-    data_args: dict[str, Any] = {"root": r.data_root, "batch_size": 100, "eval_batch_size": 500}
+    data_args: dict[str, Any] = {
+        "root": f"data/{r.dataset}",
+        "batch_size": 100,
+        "eval_batch_size": 500,
+    }
     data_args.update(dict(r.data_extra))
     trainer: dict[str, Any] = {"max_epochs": r.epochs, "log_every_n_steps": 20}
     trainer.update(dict(r.trainer_extra))
     if twin:
-        data_args.update({"root": "data/word50_tiny", "batch_size": 2, "eval_batch_size": 2})
+        data_args.update({"root": f"data/{r.dataset}_tiny", "batch_size": 2, "eval_batch_size": 2})
         data_args.update(TINY_DATA)
         data_args["progress"] = False
         trainer = {"fast_dev_run": True, "enable_model_summary": False}
     trainer["logger"] = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "word50", "version": r.name},
+        "init_args": {"save_dir": "runs", "name": r.dataset, "version": r.name},
     }
     return {
         "seed_everything": 0,
         "trainer": trainer,
         "checkpoint": {"monitor": "val/word_acc", "mode": "max", "filename": "best"},
         "model": {"class_path": "structlight.task.DeepStructuredModel", "init_args": model_args},
-        "data": {"class_path": "datamodules.word50.Word50DataModule", "init_args": data_args},
+        "data": {"class_path": DATA_CLASSES[r.dataset], "init_args": data_args},
     }
 
 
@@ -307,6 +328,30 @@ def grid() -> list[Recipe]:
             trainer_extra=QUICK_TRAINER,
         )
     )
+    varwords = "VarWords (English words of 2 to 14 letters), one-layer MLP (H1=512)"
+    out.append(
+        Recipe(
+            path="varwords/unary.yaml",
+            title=f"Variable-size examples: unary only, {varwords}, {VAR_EPOCHS} epochs.",
+            dataset="varwords",
+            strategy="unary_only",
+            pairwise="none",
+            epochs=VAR_EPOCHS,
+        )
+    )
+    for order in (1, 2):
+        out.append(
+            Recipe(
+                path=f"varwords/joint{order}.yaml",
+                title=(
+                    f"Variable-size examples: {'1st' if order == 1 else '2nd'} order Markov, "
+                    f"JointTrain, {varwords}, {VAR_EPOCHS} epochs."
+                ),
+                dataset="varwords",
+                order=order,
+                epochs=VAR_EPOCHS,
+            )
+        )
     return out
 
 

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 TWINS = ROOT / "tests" / "conf"
-#: Sizes of the tiny Word50 the twins expect (recipes/make_recipes.py: TINY_DATA).
+#: Sizes of the tiny Word50 and VarWords the twins expect (recipes/make_recipes.py: TINY_DATA).
 TINY = {"num_train": 20, "num_val": 10, "num_test": 10}
+#: The data sets whose recipes and twins this file checks (Flickr's: tests/test_flickr_recipes.py).
+DATASETS = ("word50", "varwords")
 
 
 def tiny_word50(base: Path) -> Path:
@@ -33,6 +35,24 @@ def tiny_word50(base: Path) -> Path:
 
     root = base / "word50_tiny"
     dm = Word50DataModule(root=root, progress=False, **TINY)
+    if not dm.path.exists():
+        dm.prepare_data()
+    return root
+
+
+def tiny_varwords(base: Path) -> Path:
+    """A tiny generated VarWords (20/10/10 words) under ``base``, made once per test session.
+
+    Args:
+        base: the session's base temporary folder (``tmp_path_factory.getbasetemp()``).
+
+    Returns:
+        The ``root`` to give ``VarWordsDataModule``.
+    """
+    from datamodules.varwords import VarWordsDataModule
+
+    root = base / "varwords_tiny"
+    dm = VarWordsDataModule(root=root, progress=False, **TINY)
     if not dm.path.exists():
         dm.prepare_data()
     return root
@@ -61,12 +81,12 @@ def stand_in_unary_checkpoint(folder: Path, hidden: list[int]) -> Path:
 
 
 def _recipes() -> list[Path]:
-    return sorted((RECIPES / "word50").rglob("*.yaml"))
+    return [p for d in DATASETS for p in sorted((RECIPES / d).rglob("*.yaml"))]
 
 
 def _twins() -> list[Path]:
     # Flickr's twins run on a fake MIRFLICKR tree: tests/test_flickr_recipes.py
-    return sorted((TWINS / "word50").rglob("*.yaml"))
+    return [p for d in DATASETS for p in sorted((TWINS / d).rglob("*.yaml"))]
 
 
 def _twin_params() -> list[Any]:
@@ -88,6 +108,11 @@ def _class_paths(node: Any, prefix: str = "") -> dict[str, str]:
 @pytest.fixture(scope="module")
 def word50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_word50(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def varwords_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_varwords(tmp_path_factory.getbasetemp())
 
 
 def test_recipes_are_generated() -> None:
@@ -122,6 +147,22 @@ def test_grid_covers_the_paper() -> None:
     assert model["scheduler_monitor"] == "val/char_acc"
 
 
+def test_varwords_recipes() -> None:
+    """Unary only, 1st and 2nd order on VarWords: a chain over its longest word, 14 positions."""
+    from datamodules.varwords import MAX_LENGTH
+
+    heads = {}
+    for name in ("unary", "joint1", "joint2"):
+        cfg = yaml.safe_load((RECIPES / "varwords" / f"{name}.yaml").read_text())
+        assert cfg["data"]["class_path"] == "datamodules.varwords.VarWordsDataModule"
+        model = cfg["model"]["init_args"]
+        heads[name] = model["head"]["init_args"]
+        assert heads[name]["num_vars"] == MAX_LENGTH == 14
+        assert model["val_sweeps"] == 50 and "val_tol" not in model  # until convergence
+    assert heads["unary"]["pairwise"] == "none"
+    assert (heads["joint1"]["order"], heads["joint2"]["order"]) == (1, 2)
+
+
 @pytest.mark.parametrize("recipe", _recipes(), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_every_recipe_has_a_twin(recipe: Path) -> None:
     """Same classes and model settings; only the trainer and the data size differ."""
@@ -140,18 +181,20 @@ def test_no_orphan_twins() -> None:
 
 @pytest.mark.parametrize("twin", _twin_params())
 def test_twin_runs(
-    twin: Path, word50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    twin: Path, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``structlight fit`` on the twin: one training and one validation batch."""
     from structlight.cli import build_cli
 
+    dataset = twin.relative_to(TWINS).parts[0]
+    data_root = request.getfixturevalue(f"{dataset}_root")  # the tiny data of the twin's set
     monkeypatch.chdir(tmp_path)
     args = [
         "fit",
         "--config",
         str(twin),
         "--data.init_args.root",
-        str(word50_root),
+        str(data_root),
         "--trainer.enable_progress_bar",
         "false",
     ]
@@ -159,7 +202,7 @@ def test_twin_runs(
     model = cfg["model"]["init_args"]
     if model.get("unary_checkpoint"):
         hidden = model["backbone"]["init_args"]["module"]["init_args"]["hidden"]
-        ckpt = stand_in_unary_checkpoint(word50_root.parent / "unary_ckpts", hidden)
+        ckpt = stand_in_unary_checkpoint(data_root.parent / "unary_ckpts", hidden)
         args += ["--model.init_args.unary_checkpoint", str(ckpt)]
     cli = build_cli(args)
     metrics = cli.trainer.callback_metrics
