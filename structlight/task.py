@@ -106,9 +106,9 @@ class DeepStructuredModel(
             about two positions along a chain, so the paper's 10 sweeps suit 5-letter words but
             not long sequences or large graphs.
         val_tol: validation, test and prediction stop once no example's dual moves by more than
-            ``val_tol * max(1, |D|)`` in a sweep (:meth:`StructuredHead.converge`); the sweeps
-            used are logged as ``val/sweeps`` and ``test/sweeps``. None: always ``val_sweeps``
-            sweeps (``val_sweeps=10, val_tol=None`` is the paper's prediction).
+            ``val_tol`` (absolute) in a sweep (:meth:`StructuredHead.converge`); the sweeps used
+            are logged as ``val/sweeps`` and ``test/sweeps``. None: always ``val_sweeps`` sweeps
+            (``val_sweeps=10, val_tol=None`` is the paper's prediction).
         input_key: batch key of the backbone's input.
         l2_weight: explicit 2-norm regulariser weight (0: off; or use the optimizer's
             ``weight_decay``).

@@ -485,12 +485,13 @@ class StructuredHead(HeadLosses, nn.Module):
         mask: ExampleMask | None = None,
     ) -> tuple[Tensor, int]:
         """Message passing until the dual converges: sweeps from zero messages (or ``msgs``)
-        until no example's dual moves by more than ``tol * max(1, |D|)`` in a sweep, at most
-        ``max_sweeps`` of them.
+        until no example's dual moves by more than ``tol`` in a sweep, at most ``max_sweeps``
+        of them.
 
-        The tolerance is relative for duals larger than 1 in size, so that float32 rounding of
-        a large dual (a fully connected graph's) does not keep it from stopping, and absolute
-        below. ``tol=None`` runs exactly ``max_sweeps`` sweeps (:meth:`infer`).
+        The tolerance is absolute, as the double loop's (:class:`InferenceSettings`), but never
+        below the rounding of the dual in its dtype (``4 * finfo.eps * |D|``), so that a large
+        float32 dual (a fully connected graph's) still stops. ``tol=None`` runs exactly
+        ``max_sweeps`` sweeps (:meth:`infer`).
 
         Args:
             theta: ``(B, T)``; detached.
@@ -509,13 +510,14 @@ class StructuredHead(HeadLosses, nn.Module):
             prep = self.bp.prepare(theta.detach(), mask=region)
             if msgs is None:
                 msgs = self.bp.init_messages(prep.batch_size, prep.dtype, prep.device)
+            rounding = 4 * torch.finfo(prep.dtype).eps
             prev = self.bp.dual(prep, msgs)
             done = 0
             while done < max_sweeps:
                 msgs = self.bp.sweep(prep, msgs)
                 done += 1
                 dual = self.bp.dual(prep, msgs)
-                if bool(((prev - dual).abs() <= tol * dual.abs().clamp_min(1.0)).all()):
+                if bool(((prev - dual).abs() <= (dual.abs() * rounding).clamp_min(tol)).all()):
                     break
                 prev = dual
         return msgs, done
