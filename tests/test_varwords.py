@@ -357,3 +357,26 @@ def test_mid_epoch_resume_repeats_the_length_grouped_batches(tmp_path: Path, tin
     assert whole.batches[:5] != whole.batches[5:]  # reshuffled
     resumed = fit(tmp_path / "b", ckpt_path=mid)
     assert resumed.batches == [s for s in whole.batches if s[0] >= 6]
+
+
+def test_datamodule_shards_the_grouping_for_the_trainers_rank(
+    tmp_path: Path, tiny_h5: Path
+) -> None:
+    """Under data parallelism the length-grouped sampler is made for the trainer's rank, so
+    the DDP wiring (which keeps a ShardedSampler of the right rank) leaves it in place."""
+    from types import SimpleNamespace
+
+    from structlight.distributed import ShardedSampler
+
+    (tmp_path / "varwords.h5").write_bytes(tiny_h5.read_bytes())
+    seen = []
+    for rank in (0, 1):
+        dm = VarWordsDataModule(root=tmp_path, batch_size=4, seed=3, shuffle_seed=0, **TINY)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # what DDP would give
+        dm.setup("fit")
+        sampler = dm.train_dataloader().batch_sampler.sampler
+        assert isinstance(sampler, ShardedSampler) and isinstance(sampler, LengthGroupedSampler)
+        assert (sampler.num_replicas, sampler.rank) == (2, rank)
+        seen.append(list(sampler))
+        assert all(i % 2 == rank for i in seen[-1]) and len(seen[-1]) == 12
+    assert sorted(seen[0] + seen[1]) == list(range(24))
