@@ -92,7 +92,8 @@ class PairDual(torch.autograd.Function):
                     val = s.log().add_(c).add_(ma).add_(mb)
                     pair_done = _PairTerm(None, s, val.sum(0)[0], (e4, xa, xb, t))
             else:
-                e = torch.mul(epair.view(-1, k, k, b), xa.unsqueeze(2))
+                # (the batch may share its tables: a trailing axis of 1 broadcasts)
+                e = torch.mul(epair.view(-1, k, k, epair.shape[-1]), xa.unsqueeze(2))
                 e = e.mul_(xb.unsqueeze(1))
                 e = e.view(-1, k * k, b)
                 s = e.sum(1, keepdim=True)
