@@ -17,19 +17,14 @@ are not read, and predictions there are -100 with zero marginals.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from structlight.graph import RegionGraph
-from structlight.head.labels import (
-    IGNORE_LABEL,
-    check_label_range,
-    hamming_augment,
-    read_labels,
-)
+from structlight.head.decoding import HeadDecoding
+from structlight.head.examples import ExampleMask, HeadExamples
 from structlight.head.losses import HeadLosses, StructuredLoss
 from structlight.head.packing import (
     PackingPlan,
@@ -41,7 +36,6 @@ from structlight.head.packing import (
 from structlight.head.schedules import MessageSchedule
 from structlight.head.settings import InferenceSettings
 from structlight.inference import NEG_INF, ConvexBP
-from structlight.inference.tempered import soft_or_hard
 from structlight.potentials import RegionPotential
 from structlight.store import MessageStore, StoreLocation
 
@@ -50,33 +44,7 @@ __all__ = ["ExampleMask", "StructuredHead", "StructuredLoss", "TaskType"]
 TaskType = Literal["sequence", "multilabel"]
 
 
-@dataclass(frozen=True, eq=False)
-class ExampleMask:
-    """The present parts of a batch of variable-size examples
-    (:meth:`StructuredHead.example_mask`).
-
-    Attributes:
-        variables: ``(B, N)`` bool, the present variables.
-        regions: ``(B, R)`` bool, the present regions (those whose variables are all present),
-            as :meth:`structlight.ConvexBP.region_mask` derives them.
-    """
-
-    variables: Tensor
-    regions: Tensor
-
-    def to(self, device: torch.device) -> ExampleMask:
-        """Both masks on ``device``."""
-        if self.variables.device == device and self.regions.device == device:
-            return self
-        return ExampleMask(self.variables.to(device), self.regions.to(device))
-
-    @property
-    def lengths(self) -> Tensor:
-        """``(B,)`` int64 number of present variables per example."""
-        return self.variables.sum(1)
-
-
-class StructuredHead(HeadLosses, nn.Module):
+class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, nn.Module):
     """A Markov random field over the outputs, with deep potentials and message storage.
 
     Subclass it for a new task: build a :class:`RegionGraph`, call ``super().__init__(graph,
@@ -340,228 +308,6 @@ class StructuredHead(HeadLosses, nn.Module):
         plan = self._plan(theta.device, theta.dtype)
         padded = torch.cat([theta, theta.new_full((theta.shape[0], 1), NEG_INF)], dim=1)
         return padded[:, plan.var_index]
-
-    # ------------------------------------------------------------------ variable-size examples
-    def variable_mask(self, batch: Mapping[str, Any], batch_size: int) -> Tensor | None:
-        """The present variables of each example of ``batch``; override for variable-size
-        examples.
-
-        Args:
-            batch: the batch.
-            batch_size: its B.
-
-        Returns:
-            ``(B, N)`` bool, or None (the default): every variable is present.
-        """
-        return None
-
-    def example_mask(self, batch: Mapping[str, Any], batch_size: int) -> ExampleMask | None:
-        """The batch's :class:`ExampleMask` (:meth:`variable_mask` and the region mask it
-        implies), or None when every variable of every example is present. A step computes it
-        once and passes it to the losses, the inference and the read-outs.
-
-        Raises:
-            TypeError, ValueError: :meth:`variable_mask` returned something other than a
-                ``(B, N)`` bool tensor.
-        """
-        variables = self.variable_mask(batch, batch_size) if isinstance(batch, Mapping) else None
-        if variables is None:
-            return None
-        n = self.graph.num_vars
-        if not isinstance(variables, Tensor) or variables.dtype != torch.bool:
-            got = variables.dtype if isinstance(variables, Tensor) else type(variables).__name__
-            raise TypeError(
-                f"{type(self).__name__}.variable_mask must return a bool tensor of shape "
-                f"({batch_size}, {n}) or None, got {got}"
-            )
-        if tuple(variables.shape) != (batch_size, n):
-            raise ValueError(
-                f"{type(self).__name__}.variable_mask must return shape ({batch_size}, {n}), got "
-                f"{tuple(variables.shape)}"
-            )
-        return ExampleMask(variables, self.bp.region_mask(variables))
-
-    # ------------------------------------------------------------------ labels
-    def labels_and_mask(
-        self, batch: Mapping[str, Any], batch_size: int | None = None
-    ) -> tuple[Tensor, ExampleMask | None]:
-        """The batch's labels, checked against the graph at the present positions, and its
-        :class:`ExampleMask`.
-
-        Args:
-            batch: dict batch with ``batch[label_key]`` of shape ``(B, N)``.
-            batch_size: the expected B.
-
-        Returns:
-            ``(labels, mask)``: ``(B, N)`` long labels, -100 at absent positions (whatever the
-            batch holds there), and the mask (None: every position present).
-
-        Raises:
-            KeyError: no labels in the batch.
-            ValueError: the labels' shape disagrees with the graph, or a label at a present
-                position is not a state of its variable (checked before anything reads them;
-                for labels on a GPU this costs one small read of the device).
-        """
-        y = read_labels(batch, self.label_key, self.graph, type(self).__name__, batch_size)
-        mask = self.example_mask(batch, int(y.shape[0]))
-        present = None if mask is None else mask.variables.to(y.device)
-        check_label_range(y, self.graph.num_states, self.label_key, present)
-        if present is not None:
-            y = y.masked_fill(~present, IGNORE_LABEL)
-        return y, mask
-
-    def labels_from(self, batch: Mapping[str, Any], batch_size: int | None = None) -> Tensor:
-        """The batch's labels, checked against the graph (:meth:`labels_and_mask` without the
-        mask).
-
-        Args:
-            batch: dict batch with ``batch[label_key]`` of shape ``(B, N)``.
-            batch_size: the expected B.
-
-        Returns:
-            ``(B, N)`` long tensor (-100 at absent positions of variable-size examples).
-
-        Raises:
-            KeyError: no labels in the batch.
-            ValueError: the labels' shape disagrees with the graph, or a label at a present
-                position is not a state of its variable.
-        """
-        return self.labels_and_mask(batch, batch_size)[0]
-
-    def augment(self, theta: Tensor, labels: Tensor, mask: ExampleMask | None = None) -> Tensor:
-        """Hamming loss augmentation: ``+1`` on every state of every present variable except
-        ``y*_i``.
-
-        Args:
-            theta: ``(B, T)``.
-            labels: ``(B, N)`` (not read at absent positions).
-            mask: the batch's :class:`ExampleMask` (None: every variable present).
-
-        Returns:
-            ``(B, T)`` (differentiable; ``F(y*)`` is unchanged).
-        """
-        missing = self._missing_singletons()
-        if missing:
-            raise ValueError(
-                f"loss augmentation adds the Hamming loss to the singleton tables, but variables "
-                f"{missing} have none"
-            )
-        present = None if mask is None else mask.variables
-        return hamming_augment(theta, labels, self._plan(theta.device, theta.dtype), present)
-
-    # ------------------------------------------------------------------ inference
-    def infer(
-        self,
-        theta: Tensor,
-        num_sweeps: int = 10,
-        msgs: Tensor | None = None,
-        tol: float | None = None,
-        mask: ExampleMask | None = None,
-    ) -> Tensor:
-        """Messages after ``num_sweeps`` sweeps (from zero unless ``msgs`` is given).
-
-        Args:
-            theta: ``(B, T)``; detached.
-            num_sweeps: sweeps to run (the paper uses 10 at prediction).
-            msgs: ``(B, M)`` starting messages; None for zeros.
-            tol: stop early once no example's dual moves by more than ``tol`` (absolute) in a
-                sweep.
-            mask: the batch's :class:`ExampleMask` (None: every variable present); absent
-                regions' messages come out 0.
-
-        Returns:
-            ``(B, M)`` messages.
-        """
-        region = None if mask is None else mask.regions
-        out, _ = self.bp.run(theta.detach(), msgs, num_sweeps=num_sweeps, tol=tol, mask=region)
-        return out
-
-    def converge(
-        self,
-        theta: Tensor,
-        max_sweeps: int = 100,
-        tol: float | None = 1e-4,
-        msgs: Tensor | None = None,
-        mask: ExampleMask | None = None,
-    ) -> tuple[Tensor, int]:
-        """Message passing until the dual converges: sweeps from zero messages (or ``msgs``)
-        until no example's dual moves by more than ``tol`` in a sweep, at most ``max_sweeps``
-        of them.
-
-        The tolerance is absolute, as the double loop's (:class:`InferenceSettings`), but never
-        below the rounding of the dual in its dtype (``4 * finfo.eps * |D|``), so that a large
-        float32 dual (a fully connected graph's) still stops. ``tol=None`` runs exactly
-        ``max_sweeps`` sweeps (:meth:`infer`).
-
-        Args:
-            theta: ``(B, T)``; detached.
-            max_sweeps: the cap (``>= 0``).
-            tol: the tolerance (``>= 0``), or None.
-            msgs: ``(B, M)`` starting messages; None for zeros.
-            mask: the batch's :class:`ExampleMask` (None: every variable present).
-
-        Returns:
-            ``(msgs, num_sweeps)``: the ``(B, M)`` messages and the sweeps run.
-        """
-        if tol is None:
-            return self.infer(theta, max_sweeps, msgs, mask=mask), max_sweeps
-        with torch.no_grad():
-            region = None if mask is None else mask.regions.to(theta.device)
-            prep = self.bp.prepare(theta.detach(), mask=region)
-            if msgs is None:
-                msgs = self.bp.init_messages(prep.batch_size, prep.dtype, prep.device)
-            rounding = 4 * torch.finfo(prep.dtype).eps
-            prev = self.bp.dual(prep, msgs)
-            done = 0
-            while done < max_sweeps:
-                msgs = self.bp.sweep(prep, msgs)
-                done += 1
-                dual = self.bp.dual(prep, msgs)
-                if bool(((prev - dual).abs() <= (dual.abs() * rounding).clamp_min(tol)).all()):
-                    break
-                prev = dual
-        return msgs, done
-
-    def predict(
-        self, theta: Tensor, msgs: Tensor, mask: ExampleMask | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Marginal decoding: the arg-max of each variable's belief (first state on ties).
-
-        Args:
-            theta: ``(B, T)``.
-            msgs: ``(B, M)``.
-            mask: the batch's :class:`ExampleMask` (None: every variable present).
-
-        Returns:
-            ``(labels, marginals)``: ``(B, N)`` long and ``(B, N, Kmax)`` beliefs; -100 and
-            zeros at absent positions.
-        """
-        region = None if mask is None else mask.regions.to(theta.device)
-        with torch.no_grad():
-            return self.bp.predict(theta.detach(), msgs, mask=region)
-
-    def predict_independent(
-        self, theta: Tensor, mask: ExampleMask | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Per-variable decoding from the singleton tables alone (the ``unary_only`` model).
-
-        Args:
-            theta: ``(B, T)``.
-            mask: the batch's :class:`ExampleMask` (None: every variable present).
-
-        Returns:
-            ``(labels, marginals)``: ``(B, N)`` and ``(B, N, Kmax)`` softmax of the unaries
-            (one-hot argmax where ``ĉ_i = 0``); -100 and zeros at absent positions.
-        """
-        with torch.no_grad():
-            u = self.unary_scores(theta.detach())
-            plan = self._plan(u.device, u.dtype)
-            labels, marginals = u.argmax(-1), soft_or_hard(u, plan.temper, -1)
-            if mask is None:
-                return labels, marginals
-            present = mask.variables.to(u.device)
-            labels = labels.masked_fill(~present, IGNORE_LABEL)
-            return labels, marginals.masked_fill(~present[..., None], 0.0)
 
     def extra_repr(self) -> str:
         return f"graph={self.graph!r}, inference={self.inference!r}, task_type={self.task_type!r}"
