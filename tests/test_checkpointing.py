@@ -197,6 +197,7 @@ def test_resume_mid_epoch_without_a_skipping_sampler_warns(
     assert "RandomSampler" in text and "epoch-end checkpoint" in text and "differ" in text
 
 
+@pytest.mark.slow
 def test_ddp_resume_is_bit_identical(tmp_path: Path) -> None:
     """DDP (gloo, 2 processes): epoch-end and mid-epoch resumes equal the uninterrupted run."""
     cmd = [sys.executable, str(RESUME_SCRIPT), "--out", str(tmp_path)]

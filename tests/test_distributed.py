@@ -286,6 +286,7 @@ def _check_visits(visits: list[list[list[int]]], n: int, epochs: int) -> None:
         assert len({tuple(o) for o in per_epoch}) == epochs  # reshuffled every epoch
 
 
+@pytest.mark.slow
 def test_ddp_lr0_messages_are_k_sweeps_from_zero_as_in_one_process(runs):
     r = runs["lr0_even"]
     n, k = 24, 3
@@ -305,6 +306,7 @@ def test_ddp_lr0_messages_are_k_sweeps_from_zero_as_in_one_process(runs):
     assert torch.allclose(r["messages"], single["messages"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_uneven_shards_skip_one_example_per_epoch_in_rotation(runs):
     r = runs["lr0_odd"]  # 25 examples: rank 0 holds 13 and visits 12 per epoch
     n, k = 25, 3
@@ -321,6 +323,7 @@ def test_ddp_uneven_shards_skip_one_example_per_epoch_in_rotation(runs):
     assert torch.allclose(r["messages"], want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_training_matches_a_single_process_on_the_same_batches(runs, single_train):
     r, s = runs["train"], single_train
     _check_visits(r["visits"], TRAIN["num_train"], EPOCHS)
@@ -335,6 +338,7 @@ def test_ddp_training_matches_a_single_process_on_the_same_batches(runs, single_
     assert r["metrics"]["val/word_acc"] > 50.0
 
 
+@pytest.mark.slow
 def test_ddp_resume_after_one_epoch_continues_where_it_stopped(runs):
     ckpt = torch.load(runs["dir"] / "stop.ckpt", weights_only=False)
     state = ckpt["state_dict"]
@@ -350,6 +354,7 @@ def test_ddp_resume_after_one_epoch_continues_where_it_stopped(runs):
     assert resumed["epoch_loss"] == pytest.approx(full["epoch_loss"][1:], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoints_reshard_between_world_sizes(runs, single_train):
     # 2 -> 1: the DDP checkpoint resumed in one process (on the same global batches)
     two_to_one = _single(EPOCHS, ckpt_in=str(runs["dir"] / "stop.ckpt"), seed=97)
@@ -362,6 +367,7 @@ def test_checkpoints_reshard_between_world_sizes(runs, single_train):
     assert torch.allclose(one_to_two["messages"], runs["train"]["messages"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_peak_store_memory_per_rank_is_half_of_one_process(runs, single_train):
     m = single_train["model"].head.store.num_message_entries
     single = single_train["peak_bytes"]

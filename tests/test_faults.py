@@ -75,6 +75,7 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_runs_were_killed_where_intended(killed: dict[str, Any]) -> None:
     for at in KILLS:
         code, err = killed["codes"][at]
