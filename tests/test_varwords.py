@@ -21,13 +21,9 @@ from datamodules.varwords import (
 )
 from datamodules.varwords.constants import WORD_LIST_FILE
 from structlight.batching import LengthGroupedSampler
+from tests.helpers.words import TINY_FONTS, UnaryLetters, quiet_trainer, spell
 
-TINY_FONTS = ["DejaVuSans.ttf", "cmr10.ttf"]
 TINY = {"fonts": TINY_FONTS, "num_train": 24, "num_val": 6, "num_test": 5}
-
-
-def _word(labels: np.ndarray) -> str:
-    return "".join(ALPHABET[k] for k in labels)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +60,7 @@ def test_generate_ragged_layout_lengths_and_labels(tiny_h5: Path) -> None:
             assert labels.max() <= 25
             word_ids = f[split]["word_ids"][()]
             assert len(set(word_ids.tolist())) == n  # fewer words than the vocabulary: distinct
-            spelled = [_word(labels[offsets[i] : offsets[i + 1]]) for i in range(n)]
+            spelled = [spell(labels[offsets[i] : offsets[i + 1]]) for i in range(n)]
             assert spelled == [words[i] for i in word_ids]
             assert f[split]["glyph_ids"].shape == (offsets[-1],)
             if split == "train":
@@ -92,7 +88,7 @@ def test_every_word_equally_often_and_custom_words(tmp_path: Path) -> None:
         max_length=11, progress=False,
     )  # fmt: skip
     _, labels, offsets = read_hdf5(path, "train")
-    spelled = [_word(labels[offsets[i] : offsets[i + 1]]) for i in range(7)]
+    spelled = [spell(labels[offsets[i] : offsets[i + 1]]) for i in range(7)]
     assert sorted(spelled) == sorted(["ox"] * 3 + ["zebra"] * 2 + ["quizzically"] * 2)
     images, labels, offsets = read_hdf5(path, "val")
     assert images.shape == (0, 28, 28) and labels.shape == (0,) and offsets.tolist() == [0]
@@ -229,29 +225,10 @@ def test_datamodule_errors(tmp_path: Path, tiny_h5: Path) -> None:
 
 def test_lightning_trainer_drives_the_datamodule(tmp_path: Path) -> None:
     """Trainer calls prepare_data (generates) and setup; a model sees padded dict batches."""
-    import lightning as L
-
-    class Unary(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(28 * 28, 26)
-            self.seen: list[int] = []
-
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            self.seen.extend(batch["index"].tolist())
-            logits = self.net(batch["image"].flatten(2))  # (B, 14, 26)
-            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["label"].flatten())
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     small = {"fonts": TINY_FONTS, "num_train": 10, "num_val": 2, "num_test": 2}
     dm = VarWordsDataModule(root=tmp_path, batch_size=3, progress=False, **small)
-    model = Unary()
-    trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+    model = UnaryLetters()
+    trainer = quiet_trainer(tmp_path, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     assert (tmp_path / "varwords.h5").is_file()
     assert sorted(model.seen) == list(range(10))

@@ -30,9 +30,9 @@ from datamodules.word50.glyphs import (
     matplotlib_font_dir,
     resolve_fonts,
 )
+from tests.helpers.words import TINY_FONTS, UnaryLetters, quiet_trainer, spell
 
 TINY_WORDS = ["banal", "julep", "mothy"]
-TINY_FONTS = ["DejaVuSans.ttf", "cmr10.ttf"]
 TINY = {"words": TINY_WORDS, "fonts": TINY_FONTS, "num_train": 6, "num_val": 3, "num_test": 4}
 EASY = Word50Difficulty(
     scale=(1.0, 1.0),
@@ -54,10 +54,6 @@ def _shutdown(loader: torch.utils.data.DataLoader) -> None:
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None:
         iterator._shutdown_workers()
-
-
-def _word(labels: np.ndarray) -> str:
-    return "".join(ALPHABET[k] for k in labels)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def test_generate_shapes_ranges_labels(tiny_h5: Path) -> None:
             assert labels.shape == (n, 5) and labels.dtype == np.uint8
             word_ids = f[split]["word_ids"][()]
             # labels spell the words, and every word occurs equally often (+1 for the first ones)
-            assert [_word(row) for row in labels[()]] == [TINY_WORDS[i] for i in word_ids]
+            assert [spell(row) for row in labels[()]] == [TINY_WORDS[i] for i in word_ids]
             counts = np.bincount(word_ids, minlength=3)
             assert counts.max() - counts.min() <= 1 and counts.sum() == n
             arr = images[()]
@@ -384,32 +380,9 @@ def test_chars74k_source(tmp_path: Path) -> None:
 
 def test_lightning_trainer_drives_the_datamodule(tmp_path: Path) -> None:
     """Trainer calls prepare_data (generates) and setup, and a model sees dict batches."""
-    import lightning as L
-
-    class Unary(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(28 * 28, 26)
-            self.seen: list[int] = []
-            self.val_seen: list[int] = []
-
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            self.seen.extend(batch["index"].tolist())
-            logits = self.net(batch["image"].flatten(2))  # (B, 5, 26)
-            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["label"].flatten())
-
-        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            self.val_seen.extend(batch["index"].tolist())
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     dm = Word50DataModule(root=tmp_path, batch_size=2, progress=False, **TINY)
-    model = Unary()
-    trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+    model = UnaryLetters()
+    trainer = quiet_trainer(tmp_path, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     assert (tmp_path / "word50.h5").is_file()
     assert sorted(model.seen) == list(range(6)) and model.val_seen == [0, 1, 2]

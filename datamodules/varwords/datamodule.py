@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning import LightningDataModule
-from torch.utils.data import DataLoader
-
-from datamodules.errors import DatasetNotFoundError
+from datamodules._common import WordsDataModule, check_int, check_shuffle_seed
 from datamodules.varwords.constants import (
     ALPHABET,
     DEFAULT_FILENAME,
     MAX_LENGTH,
     MIN_LENGTH,
     NUM_CLASSES,
-    SPLITS,
 )
 from datamodules.varwords.dataset import VarWordsDataset
 from datamodules.varwords.generate import generate_varwords, generator_config
@@ -26,21 +22,8 @@ from structlight.sampling import EpochShuffleSampler
 
 __all__ = ["VarWordsDataModule"]
 
-_STAGE_SPLITS = {
-    None: SPLITS,
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("test",),
-}
 
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}. Got {value!r}.")
-
-
-class VarWordsDataModule(LightningDataModule):
+class VarWordsDataModule(WordsDataModule):
     """VarWords: English words of 2 to 14 letters, one 28x28 grey image per letter.
 
     The characters are rendered exactly as Word50's (fonts warped at random on natural-photo
@@ -124,16 +107,13 @@ class VarWordsDataModule(LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         if eval_batch_size is not None:
-            _check_int("eval_batch_size", eval_batch_size, 1)
+            check_int("eval_batch_size", eval_batch_size, 1)
         if group_window is not None:
-            _check_int("group_window", group_window, 1)
-        if shuffle_seed is not None and (
-            isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)
-        ):
-            raise ValueError(f"shuffle_seed must be None or an integer. Got {shuffle_seed!r}.")
+            check_int("group_window", group_window, 1)
+        check_shuffle_seed(shuffle_seed)
         if pad_to not in ("max", "longest"):
             raise ValueError(f"pad_to must be 'max' or 'longest'. Got {pad_to!r}.")
         if isinstance(difficulty, dict):
@@ -144,20 +124,13 @@ class VarWordsDataModule(LightningDataModule):
         root = str(root)
         difficulty = None if settings is None else settings.to_dict()  # noqa: F841
         self.save_hyperparameters()
-        self.root = Path(root)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.generate = generate
-        self.in_memory = in_memory
-        self.train_shuffle = train_shuffle
-        self.shuffle_seed = shuffle_seed
+        self._init_loading(
+            root, batch_size, eval_batch_size, num_workers, generate, in_memory,
+            train_shuffle, shuffle_seed, drop_last, pin_memory, progress,
+        )  # fmt: skip
         self.group_by_length = group_by_length
         self.group_window = group_window
         self.pad_to = pad_to
-        self.drop_last = drop_last
-        self.pin_memory = pin_memory
-        self.progress = progress
         self._gen_kwargs: dict[str, Any] = {
             "seed": seed,
             "num_train": num_train,
@@ -190,57 +163,19 @@ class VarWordsDataModule(LightningDataModule):
         """The vocabulary of the file, after ``setup`` (None before)."""
         return self._words
 
-    @property
-    def path(self) -> Path:
-        """The HDF5 file: ``<root>/<filename>``."""
-        return self.root / self.hparams.filename
-
     # -- LightningDataModule hooks --------------------------------------------------------
-    def prepare_data(self) -> None:
-        """Generate the HDF5 file if it is missing (one process only)."""
-        if self.path.exists():
-            return
-        if not self.generate:
-            raise self._not_found()
+    _name = "VarWords"
+    _module = "varwords"
+    _file_error = VarWordsFileError
+
+    def _generate_file(self) -> None:
         generate_varwords(self.path, progress=self.progress, **self._gen_kwargs)
 
-    def _not_found(self) -> DatasetNotFoundError:
-        return DatasetNotFoundError(
-            "VarWords",
-            self.path,
-            "Pass generate=True to VarWordsDataModule (it generates the file in prepare_data), "
-            f"or run `python -m datamodules.varwords {self.root}`.",
-        )
-
-    def _check_config(self, attrs: dict[str, Any]) -> None:
-        if attrs.get("config") == self._config:
-            return
-        found = attrs.get("config") or {}
-        diff = sorted(
-            k for k in set(found) | set(self._config) if found.get(k) != self._config.get(k)
-        )
-        detail = ", ".join(
-            f"{k}: file {found.get(k)!r} vs asked {self._config.get(k)!r}" for k in diff[:4]
-        )
-        raise VarWordsFileError(
-            f"'{self.path}' was generated with different settings ({detail}). Use another root, "
-            "delete the file to regenerate it, or pass generate=False to use it as it is."
-        )
-
-    def setup(self, stage: str | None = None) -> None:
-        """Load the splits the stage needs (``fit``: train + val; ``test``/``predict``: test)."""
-        if stage not in _STAGE_SPLITS:
-            raise ValueError(f"Unknown stage {stage!r}; expected one of {list(_STAGE_SPLITS)}.")
-        needed = [s for s in _STAGE_SPLITS[stage] if s not in self.datasets]
-        if not needed:
-            return
-        if not self.path.exists():
-            if not self.generate:
-                raise self._not_found()
-            self.prepare_data()  # setup() called without prepare_data(): a single process
+    def _load(self, needed: list[str]) -> None:
+        self._ensure_file()
         attrs = read_attrs(self.path)
-        if self.generate:
-            self._check_config(attrs)
+        if self.generate and attrs.get("config") != self._config:
+            raise self._config_error(attrs.get("config") or {})
         self._words = tuple(attrs["words"] or ())
         self._max_length = int(attrs.get("max_length", self._max_length))
         for split in needed:
@@ -264,30 +199,3 @@ class VarWordsDataModule(LightningDataModule):
                 rank=rank,
             )
         return EpochShuffleSampler(data, self.shuffle_seed) if self.train_shuffle else None
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"The {split} split is not loaded; call setup() first.")
-        data = self.datasets[split]
-        return DataLoader(
-            data,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=self._train_sampler(data) if train else None,
-            drop_last=train and self.drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-            collate_fn=self._collate(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)

@@ -14,15 +14,13 @@ Run ``python -m datamodules.varwords data/varwords`` to generate the default dat
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
+from datamodules._common import atomic_h5, word_order, write_header
 from datamodules.varwords.constants import (
     ALPHABET,
     FORMAT_NAME,
@@ -153,15 +151,6 @@ def generator_config(
     }
 
 
-def _strings(values: Sequence[str]) -> np.ndarray:
-    return np.array(list(values), dtype=h5py.string_dtype())
-
-
-def _word_order(rng: np.random.Generator, n: int, n_words: int) -> np.ndarray:
-    """``(n,)`` word ids, every word equally often (the first ``n % n_words`` once more), shuffled."""
-    return rng.permutation(np.arange(n, dtype=np.int64) % n_words)
-
-
 def generate_varwords(
     path: str | Path,
     *,
@@ -213,8 +202,6 @@ def generate_varwords(
         FileExistsError: if ``path`` exists and ``overwrite`` is false.
         ValueError: on bad words, lengths, counts or difficulty.
     """
-    from tqdm.auto import tqdm
-
     path = Path(path)
     difficulty = difficulty or Word50Difficulty()
     config = generator_config(
@@ -245,53 +232,32 @@ def generate_varwords(
     for split, split_seed in zip(SPLITS, split_seeds, strict=True):
         param_seed, noise_seed = split_seed.spawn(2)
         rng = np.random.default_rng(param_seed)
-        plans[split] = (rng, noise_seed, _word_order(rng, counts[split], len(vocab)))
+        plans[split] = (rng, noise_seed, word_order(rng, counts[split], len(vocab)))
     total = sum(int(word_lengths[ids].sum()) for _, _, ids in plans.values())
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with (
-            h5py.File(tmp, "w") as f,
-            tqdm(
-                total=total, desc=f"VarWords -> {path.name}", unit="char", disable=not progress
-            ) as bar,
-        ):
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["generator_version"] = GENERATOR_VERSION
-            f.attrs["seed"] = seed
-            f.attrs["alphabet"] = ALPHABET
-            f.attrs["min_length"] = min_length
-            f.attrs["max_length"] = max_length
-            f.attrs["character_source"] = "fonts"
-            f.attrs["fonts"] = _strings(bank.fonts)
-            f.attrs["font_sha256"] = _strings(bank.digests)
-            f.attrs["backgrounds"] = _strings(photos.names)
-            f.attrs["difficulty"] = json.dumps(difficulty.to_dict(), sort_keys=True)
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
-            f.create_dataset("words", data=_strings(vocab))
-            f.create_dataset("glyph_sources", data=_strings(bank.source))
-            for split in SPLITS:
-                rng, noise_seed, word_ids = plans[split]
-                labels = (
-                    np.concatenate([letters[i] for i in word_ids])
-                    if len(word_ids)
-                    else np.zeros(0, dtype=np.int64)
-                )
-                offsets = np.zeros(len(word_ids) + 1, dtype=np.int64)
-                np.cumsum(word_lengths[word_ids], out=offsets[1:])
-                images, glyphs = render_characters(
-                    labels, bank, photos, difficulty, rng, np.random.default_rng(noise_seed), bar
-                )
-                g = f.create_group(split)
-                # contiguous, uncompressed: a batch is a few cheap reads (noise does not compress)
-                g.create_dataset("images", data=images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
-                g.create_dataset("labels", data=labels.astype(np.uint8))
-                g.create_dataset("offsets", data=offsets)
-                g.create_dataset("word_ids", data=word_ids.astype(np.uint32))
-                g.create_dataset("glyph_ids", data=glyphs.astype(np.uint32))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_h5(path, total, f"VarWords -> {path.name}", progress) as (f, bar):
+        write_header(
+            f, format_name=FORMAT_NAME, version=GENERATOR_VERSION, seed=seed, alphabet=ALPHABET,
+            extra={"min_length": min_length, "max_length": max_length}, source="fonts",
+            bank=bank, photos=photos, difficulty=difficulty, config=config, words=vocab,
+        )  # fmt: skip
+        for split in SPLITS:
+            rng, noise_seed, word_ids = plans[split]
+            labels = (
+                np.concatenate([letters[i] for i in word_ids])
+                if len(word_ids)
+                else np.zeros(0, dtype=np.int64)
+            )
+            offsets = np.zeros(len(word_ids) + 1, dtype=np.int64)
+            np.cumsum(word_lengths[word_ids], out=offsets[1:])
+            images, glyphs = render_characters(
+                labels, bank, photos, difficulty, rng, np.random.default_rng(noise_seed), bar
+            )
+            g = f.create_group(split)
+            # contiguous, uncompressed: a batch is a few cheap reads (noise does not compress)
+            g.create_dataset("images", data=images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE))
+            g.create_dataset("labels", data=labels.astype(np.uint8))
+            g.create_dataset("offsets", data=offsets)
+            g.create_dataset("word_ids", data=word_ids.astype(np.uint32))
+            g.create_dataset("glyph_ids", data=glyphs.astype(np.uint32))
     return path

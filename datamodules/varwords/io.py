@@ -7,31 +7,28 @@ Per split (``train``, ``val``, ``test``) a file holds ``images`` uint8 ``(C, 28,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from datamodules.errors import DatasetNotFoundError
+from datamodules._common import (
+    check_split,
+    decode_attrs,
+    generate_hint,
+    open_h5,
+    truncated_error,
+)
 from datamodules.varwords.constants import FORMAT_NAME, IMAGE_SIZE, NUM_CLASSES, SPLITS
 
 __all__ = ["VarWordsFileError", "check_ragged", "read_attrs", "read_hdf5"]
 
-_GENERATE_HINT = (
-    "Generate it with VarWordsDataModule(root=..., generate=True) or "
-    "`python -m datamodules.varwords <root>`."
-)
+_GENERATE_HINT = generate_hint("VarWords", "varwords")
 
 
 class VarWordsFileError(ValueError):
     """A VarWords file exists but is not usable (truncated, foreign or inconsistent)."""
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
 
 
 def check_ragged(labels: np.ndarray, offsets: np.ndarray, where: str) -> None:
@@ -78,30 +75,12 @@ def check_ragged(labels: np.ndarray, offsets: np.ndarray, where: str) -> None:
 
 def _open(path: Path) -> h5py.File:
     """Open a VarWords HDF5 file read-only after checking it is one."""
-    if not path.is_file():
-        raise DatasetNotFoundError("VarWords", path, _GENERATE_HINT)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise VarWordsFileError(
-            f"'{path}' is not a readable HDF5 file (truncated or not HDF5: {err}). "
-            f"Delete it and generate again. {_GENERATE_HINT}"
-        ) from err
-    fmt = f.attrs.get("format")
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
-    if fmt != FORMAT_NAME:
-        f.close()
-        raise VarWordsFileError(
-            f"'{path}' is an HDF5 file but not a VarWords file: its 'format' attribute is "
-            f"{fmt!r}, expected {FORMAT_NAME!r}. Point root elsewhere or delete it. {_GENERATE_HINT}"
-        )
-    return f
+    return open_h5(path, "VarWords", FORMAT_NAME, VarWordsFileError, _GENERATE_HINT)
 
 
 def _split_datasets(f: h5py.File, path: Path, split: str) -> dict[str, h5py.Dataset]:
     """The ``images``, ``labels`` and ``offsets`` datasets of a split, shapes checked."""
-    _check_split(split)
+    check_split(split)
     names = ("images", "labels", "offsets")
     if split not in f or any(n not in f[split] for n in names):
         raise VarWordsFileError(
@@ -131,22 +110,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     with _open(path) as f:
-        attrs: dict[str, Any] = {}
-        for key, value in f.attrs.items():
-            if isinstance(value, np.ndarray):
-                value = [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
-            elif isinstance(value, bytes):
-                value = value.decode()
-            elif isinstance(value, np.generic):
-                value = value.item()
-            if key in ("config", "difficulty") and isinstance(value, str):
-                value = json.loads(value)
-            attrs[key] = value
-        attrs["words"] = (
-            [w.decode() if isinstance(w, bytes) else w for w in f["words"][()].tolist()]
-            if "words" in f
-            else None
-        )
+        attrs = decode_attrs(f)
         attrs["sizes"] = {
             s: int(f[s]["offsets"].shape[0]) - 1 for s in SPLITS if s in f and "offsets" in f[s]
         }
@@ -180,9 +144,6 @@ def read_hdf5(
             offsets = ds["offsets"][()]
             data = ds["images"][()] if images else None
         except OSError as err:
-            raise VarWordsFileError(
-                f"'{path}': reading {split} failed ({err}); the file is probably truncated. "
-                "Delete it and generate again."
-            ) from err
+            raise truncated_error(VarWordsFileError, path, split, err) from err
     check_ragged(labels, offsets, f"'{path}' {split}")
     return data, labels, offsets.astype(np.int64)

@@ -5,17 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning import LightningDataModule
-from torch.utils.data import DataLoader
-
-from datamodules.errors import DatasetNotFoundError
-from datamodules.word50.constants import (
-    ALPHABET,
-    DEFAULT_FILENAME,
-    NUM_CLASSES,
-    SPLITS,
-    WORD_LENGTH,
-)
+from datamodules._common import WordsDataModule, check_int, check_shuffle_seed
+from datamodules.word50.constants import ALPHABET, DEFAULT_FILENAME, NUM_CLASSES, WORD_LENGTH
 from datamodules.word50.dataset import Word50Dataset
 from datamodules.word50.generate import Word50Difficulty, generate_word50, generator_config
 from datamodules.word50.io import Word50FileError, read_attrs, read_folder
@@ -23,16 +14,8 @@ from structlight.sampling import EpochShuffleSampler
 
 __all__ = ["Word50DataModule"]
 
-_STAGE_SPLITS = {
-    None: SPLITS,
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("test",),
-}
 
-
-class Word50DataModule(LightningDataModule):
+class Word50DataModule(WordsDataModule):
     """Word50 (Chen et al. 2015): five-letter words, one 28x28 grey image per letter.
 
     Batches are dicts: ``image`` float32 ``(B, 5, 1, 28, 28)`` in [0, 1], ``label`` int64
@@ -103,35 +86,24 @@ class Word50DataModule(LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}. Got {value!r}.")
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         if eval_batch_size is not None and (
             not isinstance(eval_batch_size, int) or eval_batch_size < 1
         ):
             raise ValueError(
                 f"eval_batch_size must be None or an integer >= 1. Got {eval_batch_size!r}."
             )
-        if shuffle_seed is not None and (
-            isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)
-        ):
-            raise ValueError(f"shuffle_seed must be None or an integer. Got {shuffle_seed!r}.")
+        check_shuffle_seed(shuffle_seed)
         if source not in ("hdf5", "folder"):
             raise ValueError(f"source must be 'hdf5' or 'folder'. Got {source!r}.")
         self.save_hyperparameters()
-        self.root = Path(root)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.generate = generate
+        self._init_loading(
+            root, batch_size, eval_batch_size, num_workers, generate, in_memory,
+            train_shuffle, shuffle_seed, drop_last, pin_memory, progress,
+        )  # fmt: skip
         self.source = source
         self.folder = Path(folder) if folder is not None else self.root
-        self.in_memory = in_memory
-        self.train_shuffle = train_shuffle
-        self.shuffle_seed = shuffle_seed
-        self.drop_last = drop_last
-        self.pin_memory = pin_memory
-        self.progress = progress
         self._gen_kwargs: dict[str, Any] = {
             "seed": seed,
             "num_train": num_train,
@@ -158,60 +130,31 @@ class Word50DataModule(LightningDataModule):
         """The vocabulary: the file's after ``setup`` with ``source="hdf5"``, else the config's."""
         return self._words
 
-    @property
-    def path(self) -> Path:
-        """The HDF5 file: ``<root>/<filename>``."""
-        return self.root / self.hparams.filename
-
     # -- LightningDataModule hooks --------------------------------------------------------
+    _name = "Word50"
+    _module = "word50"
+    _file_error = Word50FileError
+
     def prepare_data(self) -> None:
         """Generate the HDF5 file if it is missing (one process only)."""
-        if self.source != "hdf5" or self.path.exists():
-            return
-        if not self.generate:
-            raise self._not_found()
-        generate_word50(self.path, progress=self.progress, **self._gen_kwargs)
+        if self.source == "hdf5":
+            super().prepare_data()
 
-    def _not_found(self) -> DatasetNotFoundError:
-        return DatasetNotFoundError(
-            "Word50",
-            self.path,
-            "Pass generate=True to Word50DataModule (it generates the file in prepare_data), "
-            f"or run `python -m datamodules.word50 {self.root}`.",
-        )
+    def _generate_file(self) -> None:
+        generate_word50(self.path, progress=self.progress, **self._gen_kwargs)
 
     def _check_config(self) -> None:
         attrs = read_attrs(self.path)
-        if attrs.get("config") == self._config:
-            self._words = tuple(attrs["words"])
-            return
-        found = attrs.get("config") or {}
-        diff = sorted(
-            k for k in set(found) | set(self._config) if found.get(k) != self._config.get(k)
-        )
-        detail = ", ".join(
-            f"{k}: file {found.get(k)!r} vs asked {self._config.get(k)!r}" for k in diff[:4]
-        )
-        raise Word50FileError(
-            f"'{self.path}' was generated with different settings ({detail}). Use another root, "
-            "delete the file to regenerate it, or pass generate=False to use it as it is."
-        )
+        if attrs.get("config") != self._config:
+            raise self._config_error(attrs.get("config") or {})
+        self._words = tuple(attrs["words"])
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load the splits the stage needs (``fit``: train + val; ``test``/``predict``: test)."""
-        if stage not in _STAGE_SPLITS:
-            raise ValueError(f"Unknown stage {stage!r}; expected one of {list(_STAGE_SPLITS)}.")
-        needed = [s for s in _STAGE_SPLITS[stage] if s not in self.datasets]
-        if not needed:
-            return
+    def _load(self, needed: list[str]) -> None:
         if self.source == "folder":
             for split, (images, labels) in read_folder(self.folder, needed).items():
                 self.datasets[split] = Word50Dataset.from_arrays(images, labels, split)
             return
-        if not self.path.exists():
-            if not self.generate:
-                raise self._not_found()
-            self.prepare_data()  # setup() called without prepare_data(): a single process
+        self._ensure_file()
         if self.generate:
             self._check_config()
         else:
@@ -219,30 +162,8 @@ class Word50DataModule(LightningDataModule):
         for split in needed:
             self.datasets[split] = Word50Dataset(self.path, split, in_memory=self.in_memory)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"The {split} split is not loaded; call setup() first.")
-        data = self.datasets[split]
-        shuffle = train and self.train_shuffle
-        return DataLoader(
-            data,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffleSampler(data, self.shuffle_seed) if shuffle else None,
-            drop_last=train and self.drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-            collate_fn=Word50Dataset.collate,
-        )
+    def _train_sampler(self, data: Word50Dataset) -> EpochShuffleSampler | None:
+        return EpochShuffleSampler(data, self.shuffle_seed) if self.train_shuffle else None
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def _collate(self) -> Any:
+        return Word50Dataset.collate

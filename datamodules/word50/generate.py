@@ -12,17 +12,15 @@ Run ``python -m datamodules.word50 data/word50`` to generate the default data se
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
+from datamodules._common import atomic_h5, word_order, write_header
 from datamodules.word50.backgrounds import Backgrounds, load_backgrounds
 from datamodules.word50.constants import (
     ALPHABET,
@@ -327,11 +325,6 @@ def _check_words(words: Sequence[str]) -> tuple[str, ...]:
     return words
 
 
-def _word_order(rng: np.random.Generator, n: int, n_words: int) -> np.ndarray:
-    """``(n,)`` word ids, every word equally often (the first ``n % n_words`` once more), shuffled."""
-    return rng.permutation(np.arange(n, dtype=np.int64) % n_words)
-
-
 def generator_config(
     *,
     seed: int = 0,
@@ -364,10 +357,6 @@ def generator_config(
         "backgrounds": None if backgrounds is None else list(backgrounds),
         "difficulty": (difficulty or Word50Difficulty()).to_dict(),
     }
-
-
-def _strings(values: Sequence[str]) -> np.ndarray:
-    return np.array(list(values), dtype=h5py.string_dtype())
 
 
 def generate_word50(
@@ -423,8 +412,6 @@ def generate_word50(
         FileExistsError: if ``path`` exists and ``overwrite`` is false.
         ValueError: on bad words, counts or difficulty.
     """
-    from tqdm.auto import tqdm
-
     path = Path(path)
     difficulty = difficulty or Word50Difficulty()
     config = generator_config(
@@ -461,54 +448,33 @@ def generate_word50(
     photos = load_backgrounds(backgrounds)
     word_letters = np.array([[ALPHABET.index(c) for c in w] for w in words], dtype=np.int64)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     split_seeds = np.random.SeedSequence(int(seed)).spawn(len(SPLITS))
     total = sum(counts.values()) * WORD_LENGTH
-    try:
-        with (
-            h5py.File(tmp, "w") as f,
-            tqdm(
-                total=total, desc=f"Word50 -> {path.name}", unit="char", disable=not progress
-            ) as bar,
-        ):
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["generator_version"] = GENERATOR_VERSION
-            f.attrs["seed"] = int(seed)
-            f.attrs["alphabet"] = ALPHABET
-            f.attrs["character_source"] = source
-            f.attrs["fonts"] = _strings(bank.fonts)
-            f.attrs["font_sha256"] = _strings(bank.digests)
-            f.attrs["backgrounds"] = _strings(photos.names)
-            f.attrs["difficulty"] = json.dumps(difficulty.to_dict(), sort_keys=True)
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
-            f.create_dataset("words", data=_strings(words))
-            f.create_dataset("glyph_sources", data=_strings(bank.source))
-            for split, split_seed in zip(SPLITS, split_seeds, strict=True):
-                n = int(counts[split])
-                param_seed, noise_seed = split_seed.spawn(2)
-                rng = np.random.default_rng(param_seed)
-                word_ids = _word_order(rng, n, len(words))
-                labels = word_letters[word_ids]  # (n, 5)
-                images, glyphs = render_characters(
-                    labels.ravel(),
-                    bank,
-                    photos,
-                    difficulty,
-                    rng,
-                    np.random.default_rng(noise_seed),
-                    progress=bar,
-                )
-                g = f.create_group(split)
-                # contiguous, uncompressed: a random batch is one cheap read (noise does not compress)
-                g.create_dataset(
-                    "images", data=images.reshape(n, WORD_LENGTH, IMAGE_SIZE, IMAGE_SIZE)
-                )
-                g.create_dataset("labels", data=labels.astype(np.uint8))
-                g.create_dataset("word_ids", data=word_ids.astype(np.uint16))
-                g.create_dataset("glyph_ids", data=glyphs.reshape(n, WORD_LENGTH).astype(np.uint32))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_h5(path, total, f"Word50 -> {path.name}", progress) as (f, bar):
+        write_header(
+            f, format_name=FORMAT_NAME, version=GENERATOR_VERSION, seed=int(seed),
+            alphabet=ALPHABET, extra={}, source=source, bank=bank, photos=photos,
+            difficulty=difficulty, config=config, words=words,
+        )  # fmt: skip
+        for split, split_seed in zip(SPLITS, split_seeds, strict=True):
+            n = int(counts[split])
+            param_seed, noise_seed = split_seed.spawn(2)
+            rng = np.random.default_rng(param_seed)
+            word_ids = word_order(rng, n, len(words))
+            labels = word_letters[word_ids]  # (n, 5)
+            images, glyphs = render_characters(
+                labels.ravel(),
+                bank,
+                photos,
+                difficulty,
+                rng,
+                np.random.default_rng(noise_seed),
+                progress=bar,
+            )
+            g = f.create_group(split)
+            # contiguous, uncompressed: a random batch is one cheap read (noise does not compress)
+            g.create_dataset("images", data=images.reshape(n, WORD_LENGTH, IMAGE_SIZE, IMAGE_SIZE))
+            g.create_dataset("labels", data=labels.astype(np.uint8))
+            g.create_dataset("word_ids", data=word_ids.astype(np.uint16))
+            g.create_dataset("glyph_ids", data=glyphs.reshape(n, WORD_LENGTH).astype(np.uint32))
     return path

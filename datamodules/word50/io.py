@@ -10,7 +10,6 @@ Examples are ordered by the integer ``<i>``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -21,6 +20,13 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from datamodules._common import (
+    check_split,
+    decode_attrs,
+    generate_hint,
+    open_h5,
+    truncated_error,
+)
 from datamodules.errors import DatasetNotFoundError
 from datamodules.word50.constants import (
     ALPHABET,
@@ -40,19 +46,11 @@ __all__ = [
     "read_hdf5",
 ]
 
-_GENERATE_HINT = (
-    "Generate it with Word50DataModule(root=..., generate=True) or "
-    "`python -m datamodules.word50 <root>`."
-)
+_GENERATE_HINT = generate_hint("Word50", "word50")
 
 
 class Word50FileError(ValueError):
     """A Word50 file or folder exists but is not usable (truncated, foreign or inconsistent)."""
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
 
 
 def check_labels(labels: np.ndarray, where: str) -> np.ndarray:
@@ -86,30 +84,12 @@ def check_labels(labels: np.ndarray, where: str) -> np.ndarray:
 
 def _open(path: Path) -> h5py.File:
     """Open a Word50 HDF5 file read-only after checking it is one."""
-    if not path.is_file():
-        raise DatasetNotFoundError("Word50", path, _GENERATE_HINT)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise Word50FileError(
-            f"'{path}' is not a readable HDF5 file (truncated or not HDF5: {err}). "
-            f"Delete it and generate again. {_GENERATE_HINT}"
-        ) from err
-    fmt = f.attrs.get("format")
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
-    if fmt != FORMAT_NAME:
-        f.close()
-        raise Word50FileError(
-            f"'{path}' is an HDF5 file but not a Word50 file: its 'format' attribute is {fmt!r}, "
-            f"expected {FORMAT_NAME!r}. Point root elsewhere or delete it. {_GENERATE_HINT}"
-        )
-    return f
+    return open_h5(path, "Word50", FORMAT_NAME, Word50FileError, _GENERATE_HINT)
 
 
 def _split_group(f: h5py.File, path: Path, split: str) -> tuple[h5py.Dataset, h5py.Dataset]:
     """The ``images`` and ``labels`` datasets of a split, with shapes and dtypes checked."""
-    _check_split(split)
+    check_split(split)
     if split not in f or "images" not in f[split] or "labels" not in f[split]:
         raise Word50FileError(f"'{path}' has no '{split}/images' and '{split}/labels' datasets.")
     images, labels = f[split]["images"], f[split]["labels"]
@@ -135,22 +115,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     with _open(path) as f:
-        attrs: dict[str, Any] = {}
-        for key, value in f.attrs.items():
-            if isinstance(value, np.ndarray):
-                value = [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
-            elif isinstance(value, bytes):
-                value = value.decode()
-            elif isinstance(value, np.generic):
-                value = value.item()
-            if key in ("config", "difficulty") and isinstance(value, str):
-                value = json.loads(value)
-            attrs[key] = value
-        attrs["words"] = (
-            [w.decode() if isinstance(w, bytes) else w for w in f["words"][()].tolist()]
-            if "words" in f
-            else None
-        )
+        attrs = decode_attrs(f)
         attrs["sizes"] = {
             s: int(f[s]["labels"].shape[0]) for s in SPLITS if s in f and "labels" in f[s]
         }
@@ -181,10 +146,7 @@ def read_hdf5(
             labels = ds_labels[()]
             data = ds_images[()] if images else None
         except OSError as err:
-            raise Word50FileError(
-                f"'{path}': reading {split} failed ({err}); the file is probably truncated. "
-                f"Delete it and generate again."
-            ) from err
+            raise truncated_error(Word50FileError, path, split, err) from err
     check_labels(labels, f"'{path}' {split}/labels")
     return data, labels
 
@@ -293,7 +255,7 @@ def read_folder(
     root = Path(root)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in splits:
-        _check_split(split)
+        check_split(split)
         folder = root / split
         if not folder.is_dir():
             raise DatasetNotFoundError(
