@@ -20,15 +20,17 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from structlight import ConvexBP, RegionGraph
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timeit_interleaved  # noqa: E402
+
+from structlight import ConvexBP, RegionGraph  # noqa: E402
 
 CASES = {
     "chain2 5x26 B=100": (lambda: RegionGraph.chain(5, 26, order=2), 100),
@@ -48,27 +50,10 @@ def load_baseline(path: str) -> type:
     return module.ConvexBP
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
-    """Median seconds per call of each function, rounds alternating the order."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys if r % 2 == 0 else keys[::-1]:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fns[k]()
-            times[k].append((time.perf_counter() - t0) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", required=True, help="a single-file engine module (.py)")
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=150, help="interleaved rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="also the compiled sweeps")
     args = ap.parse_args()
@@ -115,10 +100,10 @@ def run_case(name: str, g: RegionGraph, b: int, old_cls: type, args: argparse.Na
         ops["compiled sweep"] = lambda k: comp[k].sweep(cprep[k], msgs[k])
     print(f"{name} (step bit-identical: {same})")
     for op, fn in ops.items():
-        t = interleaved({k: functools.partial(fn, k) for k in eng}, args.rounds, args.reps)
+        fns = {k: functools.partial(fn, k) for k in eng}
+        t = {k: v.median for k, v in timeit_interleaved(fns, args.repeats).items()}
         print(
-            f"  {op:17s} old {t['old'] * 1e3:8.3f}  new {t['new'] * 1e3:8.3f}  "
-            f"new/old {t['new'] / t['old']:.3f}",
+            f"  {op:17s} old {t['old']:8.3f}  new {t['new']:8.3f}  new/old {t['new'] / t['old']:.3f}",
             flush=True,
         )
 

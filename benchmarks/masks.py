@@ -7,36 +7,22 @@ interleaved rounds; also the dual (forward and backward) of a training step. The
 sweep costs at most 1.2x an unmasked one. Also printed: the message store's bytes per example
 (padded to 14 positions, float32).
 
-    python benchmarks/masks.py [--threads 1] [--rounds 15] [--compile]
+    python benchmarks/masks.py [--threads 1] [--repeats 150] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 
-from structlight import ConvexBP, RegionGraph
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timeit_interleaved  # noqa: E402
 
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
-    """Median seconds per call of each function, rounds alternating the order."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys if r % 2 == 0 else keys[::-1]:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fns[k]()
-            times[k].append((time.perf_counter() - t0) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
+from structlight import ConvexBP, RegionGraph  # noqa: E402
 
 
 def step(bp: ConvexBP, theta: torch.Tensor, msgs: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -51,8 +37,7 @@ def step(bp: ConvexBP, theta: torch.Tensor, msgs: torch.Tensor, mask: torch.Tens
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=150, help="interleaved rounds")
     ap.add_argument("--compile", action="store_true", help="also the compiled sweeps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -61,7 +46,7 @@ def main() -> None:
     lengths = torch.randint(3, n + 1, (b,), generator=gen)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s); {b} words, lengths 3..{n} "
-        f"(mean {lengths.float().mean():.1f}), {k} labels; ms, medians of {args.rounds} rounds"
+        f"(mean {lengths.float().mean():.1f}), {k} labels; ms, medians of {args.repeats} rounds"
     )
     print(
         "| chain | engine | unmasked sweep | masked sweep | masked / unmasked | "
@@ -80,26 +65,20 @@ def main() -> None:
             mask = bp.region_mask(torch.arange(n)[None, :] < lengths[:, None])
             plain, masked = bp.prepare(theta), bp.prepare(theta, mask=mask)
             msgs = bp.run(plain, num_sweeps=2)[0].contiguous()
-            t = interleaved(
-                {
-                    "plain": lambda bp=bp, p=plain, m=msgs: bp.sweep(p, m),
-                    "masked": lambda bp=bp, p=masked, m=msgs: bp.sweep(p, m),
-                },
-                args.rounds,
-                args.reps,
-            )
-            s = interleaved(
-                {
-                    "plain": functools.partial(step, bp, theta, msgs, None),
-                    "masked": functools.partial(step, bp, theta, msgs, mask),
-                },
-                args.rounds,
-                args.reps,
-            )
+            sweeps = {
+                "plain": functools.partial(bp.sweep, plain, msgs),
+                "masked": functools.partial(bp.sweep, masked, msgs),
+            }
+            steps = {
+                "plain": functools.partial(step, bp, theta, msgs, None),
+                "masked": functools.partial(step, bp, theta, msgs, mask),
+            }
+            t = {k: v.median for k, v in timeit_interleaved(sweeps, args.repeats).items()}
+            s = {k: v.median for k, v in timeit_interleaved(steps, args.repeats).items()}
             print(
-                f"| order {order} | {label} | {t['plain'] * 1e3:.3f} | {t['masked'] * 1e3:.3f} | "
-                f"{t['masked'] / t['plain']:.2f} | {s['plain'] * 1e3:.3f} | "
-                f"{s['masked'] * 1e3:.3f} | {s['masked'] / s['plain']:.2f} | "
+                f"| order {order} | {label} | {t['plain']:.3f} | {t['masked']:.3f} | "
+                f"{t['masked'] / t['plain']:.2f} | {s['plain']:.3f} | "
+                f"{s['masked']:.3f} | {s['masked'] / s['plain']:.2f} | "
                 f"{bp.num_message_entries * 4} |",
                 flush=True,
             )
