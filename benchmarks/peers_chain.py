@@ -27,9 +27,23 @@ ratio to the unary-only step, and the first step's loss (``pytorch-crf``, ``torc
 ``ours exact`` must agree: the same model and the same exact NLL; ``ours blended`` is its convex
 upper bound after one sweep). ``--profile`` adds a torch.profiler breakdown of the blended step.
 
+Variable lengths (``--lengths LO-HI``, e.g. ``3-14``): the words' lengths are drawn uniformly
+in ``LO..HI`` (from ``--seed``) and the batch is padded to ``HI`` positions (labels -100 at
+padding); each row is again a ratio to the unary-only step on the same padded batch, whose
+cross-entropy counts the present positions only (``ignore_index=-100``). The rows:
+
+* ``unary (cross-entropy)``: the MLP on all ``HI`` positions, cross-entropy over present ones;
+* ``pytorch-crf (mask)``: as above with its ``mask`` argument (``(B, N)`` bool; padding labels
+  read as 0, which it multiplies by the mask);
+* ``ours exact (lengths)``: ``chain_log_partition(u, p, lengths)`` minus ``chain_score(u, p, y,
+  lengths)``;
+* ``ours blended, ChainHead (length)``: ``ChainHead(num_vars=HI, ...)`` as above, with
+  ``batch["length"]`` (its region mask drops the padding's regions from sweep, dual and score).
+
 Peers are optional (``pip install -e .[bench]``); a missing one skips its row with a message.
 
     python benchmarks/peers_chain.py [--quick] [--device cpu|cuda] [--repeats N] [--profile]
+                                     [--lengths LO-HI]
 """
 
 from __future__ import annotations
@@ -84,6 +98,14 @@ class Setup:
         self.batches = [
             perm[(i * b) % (self.num_examples - b + 1) :][:b].to(device) for i in range(NUM_BATCHES)
         ]
+        #: ``(B,)`` int64 word lengths (variable-length mode), else None: all ``n``.
+        self.lengths: Tensor | None = None
+        self.present: Tensor | None = None
+        if args.lengths is not None:
+            lo, hi = args.lengths
+            self.lengths = torch.randint(lo, hi + 1, (b,), generator=gen).to(device)
+            self.present = torch.arange(n, device=device)[None, :] < self.lengths[:, None]
+            self.y = self.y.masked_fill(~self.present, -100)
 
     def model(self) -> tuple[nn.Module, nn.Parameter]:
         """A fresh copy of the MLP and of the transition table."""
@@ -112,7 +134,9 @@ def make_unary(s: Setup) -> Step:
     mlp, _ = s.model()
     return _stepper(
         list(mlp.parameters()),
-        lambda: nn.functional.cross_entropy(s.unaries(mlp).reshape(-1, s.c), s.y.reshape(-1)),
+        lambda: nn.functional.cross_entropy(
+            s.unaries(mlp).reshape(-1, s.c), s.y.reshape(-1), ignore_index=-100
+        ),
     )
 
 
@@ -120,14 +144,18 @@ def make_pytorch_crf(s: Setup, torchcrf: object) -> Step:
     """(b) pytorch-crf's forward algorithm; start/end scores zeroed, transitions ours."""
     mlp, trans = s.model()
     crf = torchcrf.CRF(s.c, batch_first=True).to(s.device)
-    mask = torch.ones(s.b, s.n, dtype=torch.bool, device=s.device)  # its default is uint8
+    if s.present is None:
+        mask = torch.ones(s.b, s.n, dtype=torch.bool, device=s.device)  # its default is uint8
+        tags = s.y
+    else:  # it indexes with the padding's labels too (then multiplies by the mask): 0 there
+        mask, tags = s.present, s.y.clamp(min=0)
     with torch.no_grad():
         crf.transitions.copy_(trans)
         crf.start_transitions.zero_()
         crf.end_transitions.zero_()
     return _stepper(
         list(mlp.parameters()) + list(crf.parameters()),
-        lambda: -crf(s.unaries(mlp), s.y, mask=mask, reduction="mean"),
+        lambda: -crf(s.unaries(mlp), tags, mask=mask, reduction="mean"),
     )
 
 
@@ -155,7 +183,7 @@ def make_ours_exact(s: Setup) -> Step:
     def loss() -> Tensor:
         u = s.unaries(mlp)
         p = trans[None, None].expand(1, s.n - 1, s.c, s.c)
-        return (chain_log_partition(u, p) - chain_score(u, p, s.y)).mean()
+        return (chain_log_partition(u, p, s.lengths) - chain_score(u, p, s.y, s.lengths)).mean()
 
     return _stepper(list(mlp.parameters()) + [trans], loss)
 
@@ -222,13 +250,15 @@ def make_ours_head(s: Setup) -> Step:
         head.potentials["pairwise"].weight.copy_(trans[None])
     body = mlp[:2]
     turn = [0]
+    extra = {} if s.lengths is None else {"length": s.lengths}
 
     def loss() -> Tensor:
         idx = s.batches[turn[0] % len(s.batches)]
         turn[0] += 1
         feats = body(s.x.reshape(-1, 784)).reshape(s.b, s.n, -1)
         theta = head(feats)
-        out = head.training_loss(theta, {"label": s.y, "index": idx}, track_dual_change=False)
+        batch = {"label": s.y, "index": idx, **extra}
+        out = head.training_loss(theta, batch, track_dual_change=False)
         return out.loss.mean()
 
     return _stepper(list(body.parameters()) + list(head.parameters()), loss)
@@ -288,8 +318,17 @@ def main(argv: list[str] | None = None) -> dict[str, list[object]]:
         "--num-examples", type=int, default=None, help="rows of the message store (10000)"
     )
     ap.add_argument("--profile", action="store_true", help="profile the blended step")
+    ap.add_argument(
+        "--lengths",
+        type=_length_range,
+        default=None,
+        metavar="LO-HI",
+        help="variable-length mode: word lengths uniform in LO..HI, padded to HI (sets --length)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.lengths is not None:
+        args.length = args.lengths[1]
     full = dict(batch=100, length=5, states=26, hidden=1024, num_examples=10000)
     tiny = dict(batch=4, length=3, states=5, hidden=16, num_examples=20)
     for k, v in (tiny if args.quick else full).items():
@@ -308,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[object]]:
     print("\n".join(environment_lines(versions)))
 
     s = Setup(args, device)
+    if args.lengths is not None:
+        return _run_lengths(args, s, device, torchcrf)
     steps: dict[str, Step] = {"unary (cross-entropy)": make_unary(s)}
     if torchcrf is not None:
         steps["pytorch-crf"] = make_pytorch_crf(s, torchcrf)
@@ -345,6 +386,60 @@ def main(argv: list[str] | None = None) -> dict[str, list[object]]:
     if args.profile:
         profile_blended(s, steps=max(2, args.repeats))
     return out
+
+
+def _run_lengths(
+    args: argparse.Namespace, s: Setup, device: torch.device, torchcrf: object
+) -> dict[str, list[object]]:
+    """The variable-length comparison (``--lengths``): rows, table and target line."""
+    steps: dict[str, Step] = {"unary (cross-entropy)": make_unary(s)}
+    if torchcrf is not None:
+        steps["pytorch-crf (mask)"] = make_pytorch_crf(s, torchcrf)
+    steps["ours exact (lengths)"] = make_ours_exact(s)
+    steps["ours blended, ChainHead (length)"] = make_ours_head(s)
+    if args.profile:
+        print("--profile: the blended profile is of the fixed-length step only; skipped")
+
+    first = {k: float(fn()) for k, fn in steps.items()}  # also a warm-up call
+    times = timeit_interleaved(steps, args.repeats, args.warmup, device)
+    base = times["unary (cross-entropy)"].median
+    out: dict[str, list[object]] = {}
+    for k, t in times.items():
+        out[k] = [k, device.type, t.median, t.low, t.median / base, first[k]]
+    lo, hi = args.lengths
+    mean = float(s.lengths.float().mean())
+    print(
+        f"\nOne training step, {args.batch} words of lengths {lo}..{hi} (uniform, seed "
+        f"{args.seed}; mean {mean:.2f}, {int(s.lengths.sum())} characters) padded to {hi} "
+        f"positions, {args.states} labels, MLP 784-{args.hidden}-{args.states}; median of "
+        f"{args.repeats} interleaved rounds"
+    )
+    print(
+        format_table(
+            ["step", "device", "median ms", "min ms", "x unary", "first loss"], list(out.values())
+        )
+    )
+    if "pytorch-crf (mask)" in times:
+        crf_over = times["pytorch-crf (mask)"].median / base - 1
+        name = "ours blended, ChainHead (length)"
+        ours_over = times[name].median / base - 1
+        verdict = "met" if ours_over <= crf_over else "not met"
+        print(
+            f"target (blended adds no more than pytorch-crf with mask): pytorch-crf (mask) "
+            f"{100 * crf_over:+.1f}%, {name} {100 * ours_over:+.1f}% -> {verdict}"
+        )
+    return out
+
+
+def _length_range(text: str) -> tuple[int, int]:
+    """``"LO-HI"`` -> ``(LO, HI)`` with ``1 <= LO <= HI``."""
+    try:
+        lo, hi = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI (e.g. 3-14), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 1 <= LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def _version(dist: str) -> str:

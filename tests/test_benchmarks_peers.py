@@ -121,3 +121,30 @@ def test_peers_chain_quick_with_peers(capsys) -> None:
     assert out["pytorch-crf"][5] == pytest.approx(exact, rel=1e-4)
     assert out["torch-struct"][5] == pytest.approx(exact, rel=1e-4)
     assert "target (blended adds no more than pytorch-crf)" in capsys.readouterr().out
+
+
+def test_peers_chain_quick_lengths(capsys) -> None:
+    """``--lengths``: a padded batch of variable-length words; pytorch-crf (with its mask) and
+    our exact chain agree on the NLL, our ChainHead's blended loss bounds it from above."""
+    chain = _load("peers_chain")
+    out = chain.main(["--quick", "--lengths", "2-4"])
+    text = capsys.readouterr().out
+    assert "lengths 2..4" in text and "padded to 4 positions" in text
+    assert {
+        "unary (cross-entropy)",
+        "ours exact (lengths)",
+        "ours blended, ChainHead (length)",
+    } <= set(out)
+    assert out["unary (cross-entropy)"][4] == pytest.approx(1.0)
+    exact = out["ours exact (lengths)"][5]
+    assert out["ours blended, ChainHead (length)"][5] >= exact - 1e-4
+    if "pytorch-crf (mask)" in out:
+        assert out["pytorch-crf (mask)"][5] == pytest.approx(exact, rel=1e-4)
+        assert "target (blended adds no more than pytorch-crf with mask)" in text
+    # all lengths equal to the fixed length: the same losses as the fixed-length mode
+    fixed = chain.main(["--quick"])
+    same = chain.main(["--quick", "--lengths", "3-3"])
+    assert same["ours exact (lengths)"][5] == pytest.approx(fixed["ours exact"][5], rel=1e-5)
+    assert same["ours blended, ChainHead (length)"][5] == pytest.approx(
+        fixed["ours blended, ChainHead"][5], rel=1e-5
+    )
