@@ -22,6 +22,7 @@ from structlight.head.labels import (
     hamming_augment,
     read_labels,
 )
+from structlight.inference.masks import check_variable_mask
 
 __all__ = ["ExampleMask", "HeadExamples"]
 
@@ -80,18 +81,8 @@ class HeadExamples:
         variables = self.variable_mask(batch, batch_size) if isinstance(batch, Mapping) else None
         if variables is None:
             return None
-        n = self.graph.num_vars
-        if not isinstance(variables, Tensor) or variables.dtype != torch.bool:
-            got = variables.dtype if isinstance(variables, Tensor) else type(variables).__name__
-            raise TypeError(
-                f"{type(self).__name__}.variable_mask must return a bool tensor of shape "
-                f"({batch_size}, {n}) or None, got {got}"
-            )
-        if tuple(variables.shape) != (batch_size, n):
-            raise ValueError(
-                f"{type(self).__name__}.variable_mask must return shape ({batch_size}, {n}), got "
-                f"{tuple(variables.shape)}"
-            )
+        name = f"{type(self).__name__}.variable_mask"
+        check_variable_mask(variables, self.graph.num_vars, batch_size, name, verb="return")
         return ExampleMask(variables, self.bp.region_mask(variables))
 
     # ------------------------------------------------------------------ labels

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from structlight.graph import RegionGraph
 from structlight.head.base import StructuredHead
 from structlight.head.builders import Share, UnaryMode, add_unary_and_tables, check_choice
 from structlight.head.settings import InferenceSettings, check_head_kwargs
+from structlight.inference.masks import check_variable_mask
 
 __all__ = ["FullyConnectedHead"]
 
@@ -82,18 +82,5 @@ class FullyConnectedHead(StructuredHead):
         """
         if self.mask_key not in batch:
             return None
-        mask = batch[self.mask_key]
-        n = self.graph.num_vars
-        key = f"batch[{self.mask_key!r}]"
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise TypeError(
-                f"{key} must be a bool tensor of shape ({batch_size}, {n}) (True: the variable is "
-                f"present), got {got}"
-            )
-        if tuple(mask.shape) != (batch_size, n):
-            raise ValueError(
-                f"{key} must have shape ({batch_size}, {n}) (one entry per example and variable), "
-                f"got {tuple(mask.shape)}"
-            )
-        return mask
+        name = f"batch[{self.mask_key!r}]"
+        return check_variable_mask(batch[self.mask_key], self.graph.num_vars, batch_size, name)

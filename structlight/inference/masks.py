@@ -27,6 +27,7 @@ __all__ = [
     "Masks",
     "build_masks",
     "check_region_mask",
+    "check_variable_mask",
     "checked_region_mask",
     "region_mask_from_variables",
 ]
@@ -98,6 +99,44 @@ def checked_region_mask(mask: object, batch_size: int, graph: RegionGraph, plan:
     return mask
 
 
+def check_variable_mask(
+    mask: object,
+    num_vars: int,
+    batch_size: int | None = None,
+    name: str = "the variable mask",
+    verb: str = "be",
+) -> Tensor:
+    """``mask`` must be a ``(B, N)`` bool tensor (True: the variable is present).
+
+    Args:
+        mask: what arrived.
+        num_vars: ``N``.
+        batch_size: the expected ``B`` (None: any).
+        name: what the errors call it (``"batch['mask']"``, say).
+        verb: ``"be"``, or ``"return"`` for a method's result.
+
+    Raises:
+        TypeError: not a bool tensor.
+        ValueError: not of shape ``(B, N)``.
+    """
+    b = "B" if batch_size is None else str(batch_size)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(
+            f"{name} must {verb} a bool tensor of shape ({b}, {num_vars}) (True: the variable "
+            f"is present), got {got}"
+        )
+    shape = tuple(mask.shape)
+    if (
+        len(shape) != 2
+        or shape[1] != num_vars
+        or (batch_size is not None and shape[0] != batch_size)
+    ):
+        have = "have" if verb == "be" else verb
+        raise ValueError(f"{name} must {have} shape ({b}, {num_vars}), got {shape}")
+    return mask
+
+
 def region_mask_from_variables(variable_mask: object, plan: Plan) -> Tensor:
     """``(B, R)``: a region is present when all its variables are (``variable_mask`` ``(B, N)``
     bool).
@@ -105,13 +144,7 @@ def region_mask_from_variables(variable_mask: object, plan: Plan) -> Tensor:
     Raises:
         TypeError, ValueError: ``variable_mask`` is not a ``(B, N)`` bool tensor.
     """
-    n = plan.num_states.shape[0]
-    if not isinstance(variable_mask, Tensor) or variable_mask.dtype != torch.bool:
-        raise TypeError("the variable mask must be a bool tensor of shape (B, N)")
-    if variable_mask.dim() != 2 or variable_mask.shape[1] != n:
-        raise ValueError(
-            f"the variable mask must have shape (B, {n}), got {tuple(variable_mask.shape)}"
-        )
+    variable_mask = check_variable_mask(variable_mask, plan.num_states.shape[0])
     picked = variable_mask.index_select(1, plan.score_vars.view(-1))
     picked = picked.view(-1, *plan.score_vars.shape) | (plan.score_valid == 0)
     return picked.all(-1)
