@@ -82,14 +82,17 @@ class PairDual(torch.autograd.Function):
             ma, mb = tree_max(la, 1), tree_max(lb, 1)
             xa, xb = (la - ma).exp_(), (lb - mb).exp_()
             tiny = torch.finfo(theta.dtype).tiny / torch.finfo(theta.dtype).eps
-            if epair.shape[-1] == 1 and b > 1 and pair_mask is None:
+            if epair.shape[-1] == 1 and b > 1:
                 # one (E, K, K) table set for the batch: sum_{a,c} E(a,c) x_a(a) x_b(c) as
                 # x_a . (E @ x_b), no (E, K, K, B) tensor; the backward builds the beliefs
+                # (times the pair mask: absent pairs have no term and zero beliefs)
                 e4 = epair.view(-1, k, k)
                 t = torch.bmm(e4, xb)  # (E, K, B)
                 s = torch.mul(xa, t).sum(1, keepdim=True)
                 if not bool(s.amin() < tiny):
                     val = s.log().add_(c).add_(ma).add_(mb)
+                    if pair_mask is not None:
+                        val.mul_(pair_mask)
                     pair_done = _PairTerm(None, s, val.sum(0)[0], (e4, xa, xb, t))
             else:
                 # (the batch may share its tables: a trailing axis of 1 broadcasts)
@@ -132,6 +135,7 @@ class PairDual(torch.autograd.Function):
             if want:
                 bels.append(e.div_(s))
         ctx.shared = False
+        ctx.pair_mask = pair_mask
         if pair_done is not None:
             e, s, val, shared = pair_done
             out = out.add_(val)
@@ -162,7 +166,8 @@ class PairDual(torch.autograd.Function):
             torch.mul(bn.view(-1, b), grad, out=gt[:n_node])
             if ctx.shared:  # the pair beliefs E(a, c) x_a(a) x_b(c) / s, built once, in place
                 gp = gt[n_node:].view(-1, k, k, b)
-                torch.mul(e4.unsqueeze(-1), (xa * (grad / s)).unsqueeze(2), out=gp)
+                w = grad / s if ctx.pair_mask is None else (grad / s).mul_(ctx.pair_mask)
+                torch.mul(e4.unsqueeze(-1), (xa * w).unsqueeze(2), out=gp)
                 gp.mul_(xb.unsqueeze(1))
             else:
                 torch.mul(bp.view(-1, b), grad, out=gt[n_node:])
@@ -176,6 +181,8 @@ class PairDual(torch.autograd.Function):
             # the pair beliefs summed over the second and over the first variable
             if ctx.shared:
                 inv = s.reciprocal()
+                if ctx.pair_mask is not None:
+                    inv.mul_(ctx.pair_mask)
                 over_b = xa * t * inv
                 over_a = torch.bmm(e4.transpose(1, 2), xa).mul_(xb).mul_(inv)
             else:
