@@ -218,7 +218,7 @@ def environment_lines(extra: dict[str, str] | None = None) -> list[str]:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table (pastes straight into ``benchmarks/RESULTS.md``).
+    """A Markdown table (pastes straight into ``docs/results.md``).
 
     Floats print with 3 significant digits; ``None`` prints as ``-``.
     """

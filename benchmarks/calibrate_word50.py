@@ -8,7 +8,7 @@ default difficulty is tuned so that this script lands in about 58-72% character 
 Usage (generates ``data/word50/word50.h5`` first if it is missing)::
 
     python benchmarks/calibrate_word50.py
-    python benchmarks/calibrate_word50.py --data /tmp/w.h5 --difficulty '{"noise": 0.05}'
+    python benchmarks/calibrate_word50.py --data data/word50/trial.h5 --difficulty '{"noise": 0.05}'
 
 Plain PyTorch on purpose: no Lightning, no structlight, so the number depends on the data only.
 """

@@ -1,10 +1,10 @@
 """The engine against a baseline engine, side by side in one process (interleaved rounds).
 
-The baseline is a single-file engine module, for example the one before the engine became the
-``structlight.inference`` package::
+The baseline is a single-file engine module, for example ``structlight/inference.py`` of commit
+``c7f4200``::
 
-    git show c7f4200:structlight/inference.py > /tmp/baseline_inference.py
-    python benchmarks/engine_ab.py --baseline /tmp/baseline_inference.py [--compile]
+    mkdir -p runs && git show c7f4200:structlight/inference.py > runs/baseline_inference.py
+    python benchmarks/engine_ab.py --baseline runs/baseline_inference.py [--compile]
 
 Both engines run the same float32 N(0, 1) potentials on the graphs of ``benchmarks/sweep.py``
 (Word50 2nd-order chain 5 x 26, batch 100; fully connected 38 binary, batch 300; grid 32 x 32 x 5,

@@ -1,4 +1,4 @@
-"""One Flickr training step split into backbone and head (issue 6's measurement).
+"""One Flickr training step split into backbone and head.
 
 The paper's Flickr model: Caffe AlexNet (grouped convolutions, LRN) to fc7, a 4096-76 unary
 layer and one 2x2 table per edge of a fully connected graph over 38 binary tags (703 edges;

@@ -1,4 +1,4 @@
-"""One prepared run of the speed benchmarks on a GPU machine (issue 7 part 4), under 5 minutes.
+"""One prepared run of the speed benchmarks on a GPU machine, under 5 minutes.
 
 Prints the device, then: ConvexBP sweep/dual/beliefs times (``sweep.py``, CPU and CUDA), the
 paper's three Word50 models per training iteration on CUDA (``paper_speed.py``; target on an

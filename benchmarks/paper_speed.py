@@ -1,7 +1,7 @@
-"""Time per training iteration of the three Word50 models the paper timed (issue 7 part 4).
+"""Time per training iteration of the three Word50 models the paper timed.
 
-The paper (DESIGN §3) reports, for its 2015 C++/GPU library, 0.064 s per iteration for the
-1st-order model, 0.104 s for the 2nd-order one and 0.068 s with the MLP pairwise function
+The paper (docs/design.md §3) reports, for its 2015 C++/GPU library, 0.064 s per iteration for
+the 1st-order model, 0.104 s for the 2nd-order one and 0.068 s with the MLP pairwise function
 (mini-batch 100 words). This script times one blended training iteration (forward, one sweep on
 stored messages, loss, backward, SGD step; data already in memory) of the same models:
 

@@ -1,4 +1,4 @@
-"""Chain CRF training steps vs pytorch-struct and pytorch-crf (issue 7, part 3).
+"""Chain CRF training steps vs pytorch-struct and pytorch-crf.
 
 One training step (forward, loss, backward, SGD step with momentum) of a 1st-order chain CRF
 whose unaries come from the Word50 MLP 784-1024-26 (ReLU), on a batch of 100 five-letter words
@@ -12,11 +12,11 @@ whose unaries come from the Word50 MLP 784-1024-26 (ReLU), on a batch of 100 fiv
   ``partition`` minus the gold score gathered from the same tensor (``LinearChain.to_parts`` loops
   over the batch in Python, so it is left out in torch-struct's favour);
 * ``ours exact``: :func:`structlight.chain_log_partition` minus :func:`structlight.chain_score`;
-* ``ours blended``: the paper's step (DESIGN §2): the batch's messages gathered from a store of
-  ``--num-examples`` rows, one :meth:`ConvexBP.sweep` on the detached packed potentials, written
-  back, loss ``mean(dual(theta, msgs) - score(theta, y))``. The packed potentials are built
-  directly: the ``(B, 5, 26)`` unaries flattened, then the shared table tiled over the 4 edges
-  (region order of ``RegionGraph.chain(5, 26, 1)``);
+* ``ours blended``: the paper's step (docs/design.md §2): the batch's messages gathered from a
+  store of ``--num-examples`` rows, one :meth:`ConvexBP.sweep` on the detached packed potentials,
+  written back, loss ``mean(dual(theta, msgs) - score(theta, y))``. The packed potentials are
+  built directly: the ``(B, 5, 26)`` unaries flattened, then the shared table tiled over the 4
+  edges (region order of ``RegionGraph.chain(5, 26, 1)``);
 * ``ours blended, ChainHead``: the same step through the library itself:
   :class:`structlight.ChainHead` (unary Linear = the MLP's last layer, its pairwise table ours)
   and its message store, ``head.training_loss`` as :class:`structlight.DeepStructuredModel`
@@ -73,7 +73,7 @@ from _common import (  # noqa: E402
 from structlight import ConvexBP, RegionGraph, chain_log_partition, chain_score  # noqa: E402
 from structlight.head import ChainHead  # noqa: E402
 
-#: The paper's Word50 optimiser settings (DESIGN §3).
+#: The paper's Word50 optimiser settings (docs/design.md §3).
 LR, MOMENTUM = 0.01, 0.95
 #: Distinct mini-batches of store rows the blended step cycles through.
 NUM_BATCHES = 10

@@ -1,4 +1,4 @@
-"""Message passing vs PGMax (issue 7, part 2): time per iteration and time to converge.
+"""Message passing vs PGMax: time per iteration and time to converge.
 
 The same graphs and the same random N(0, 1) potentials (float32) on both sides:
 

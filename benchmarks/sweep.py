@@ -1,4 +1,4 @@
-"""Time one sweep, one dual and one beliefs call of ConvexBP (issue 2's measurement).
+"""Time one sweep, one dual and one beliefs call of ConvexBP.
 
 Graphs: (a) Word50 2nd-order chain, 5 variables x 26 states, batch 100; (b) fully connected,
 38 binary variables, batch 300; (c) a 32x32 grid with 5 states, batch 1. float32, N(0,1)

@@ -17,8 +17,8 @@ The grid is the paper's Word50 experiments (Chen et al., ICML 2015):
   epochs; validation runs up to 50 sweeps and stops when the messages converge (longer chains
   than Word50's five letters need more than 10).
 
-Settings (the paper's, DESIGN §3): mini-batch 100, SGD step 0.01 (0.001 for PreTrainJoint),
-momentum 0.95, the step halved whenever the validation accuracy does not improve
+Settings (the paper's, docs/design.md §3): mini-batch 100, SGD step 0.01 (0.001 for
+PreTrainJoint), momentum 0.95, the step halved whenever the validation accuracy does not improve
 (``ReduceLROnPlateau(mode=max, factor=0.5, patience=0)``), eps = 1, c_r = 1, one message-passing
 sweep per step, 10 sweeps at validation/test. The schedule watches the *character* accuracy
 (``scheduler_monitor: val/char_acc``): a unary-only model's word accuracy stays near zero for

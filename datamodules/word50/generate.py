@@ -51,7 +51,7 @@ _MAX_ZOOM = 3.0  # background photo pixels per output pixel, upper bound (photos
 
 @dataclass(frozen=True)
 class Word50Difficulty:
-    """Ranges of the random perturbations; the defaults are calibrated (``benchmarks/RESULTS.md``).
+    """Ranges of the random perturbations; the defaults are calibrated (``docs/results.md``).
 
     A one-layer MLP (784-512-26) trained on single characters reaches about the paper's 65.69%
     test character accuracy on the default data set.
