@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from datamodules.errors import DatasetNotFoundError
+from datamodules.missing import HiddenLabels, MissingLabels
 from structlight.sampling import EpochShuffleSampler
 
 __all__ = [
@@ -523,6 +524,9 @@ class MirFlickrDataModule(LightningDataModule):
             ``shuffle_seed + epoch`` (:class:`structlight.sampling.EpochShuffleSampler`, so a
             resumed run sees the same batches); None: ``PL_GLOBAL_SEED`` (set by
             ``seed_everything``) when the training loader is made, else 0.
+        missing_labels: hide some training tags (:class:`~datamodules.missing.MissingLabels`:
+            as unobserved (-100), read as negatives, or discarding those images); None: every
+            tag is present. Validation and test keep all tags.
 
     Raises:
         ValueError: bad arguments (sizes, id ranges that are empty or overlap the training
@@ -554,9 +558,11 @@ class MirFlickrDataModule(LightningDataModule):
         pin_memory: bool | None = None,
         prefetch_factor: int = 2,
         shuffle_seed: int | None = None,
+        missing_labels: MissingLabels | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.missing_labels = missing_labels
         for name, value, low in (
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
@@ -630,7 +636,16 @@ class MirFlickrDataModule(LightningDataModule):
     def num_train_examples(self) -> int:
         """Size of the training split (known before :meth:`setup`; sizes the message store)."""
         first, last = self.ranges["train"]  # type: ignore[misc]
-        return last - first + 1
+        n = last - first + 1
+        if self.missing_labels is not None and self.missing_labels.handling == "discard":
+            n -= int(self.missing_labels.draw(n, self.num_labels).any(1).sum())
+        return n
+
+    @property
+    def has_missing_labels(self) -> bool:
+        """Whether training tags include unobserved ones (-100): the model then keeps a second
+        message store (``StructuredHead.missing_labels``)."""
+        return self.missing_labels is not None and self.missing_labels.handling == "latent"
 
     @staticmethod
     def _check_range(name: str, value: Sequence[int]) -> tuple[int, int]:
@@ -781,6 +796,8 @@ class MirFlickrDataModule(LightningDataModule):
             )  # fmt: skip
 
         self.train_dataset = dataset("train", self.augment)
+        if self.missing_labels is not None:
+            self.train_dataset = HiddenLabels(self.train_dataset, self.missing_labels)
         self.val_dataset = dataset("val", False) if "val" in splits else None
         self.test_dataset = dataset("test", False)
 

@@ -54,10 +54,15 @@ class EvaluationSteps:
         else:
             msgs, sweeps = self._converge(theta, mask)
             pred, _ = self.head.predict(theta, msgs, mask)
+            hidden = self.head.unobserved(labels, None if mask is None else mask.variables)
             if self.head.loss_augmentation:
-                aug = self.head.augment(theta.detach(), labels, mask)
+                aug = self.head.augment(theta.detach(), labels, mask, hidden)
                 msgs, _ = self._converge(aug, mask)
-            loss = self.head.structured_loss(theta, labels, msgs, mask)
+            clamped = None
+            if hidden is not None:  # missing labels: the clamped problem's messages too
+                theta_c = self.head.bp.clamp_to_observed(theta.detach(), labels)
+                clamped, _ = self._converge(theta_c, mask)
+            loss = self.head.structured_loss(theta, labels, msgs, mask, clamped)
             self.log(f"{stage}/sweeps", float(sweeps), on_epoch=True, batch_size=b, sync_dist=True)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         finite = torch.isfinite(theta.detach()).all(dim=1)

@@ -197,7 +197,7 @@ class NonFiniteGuard:
         theta: Tensor,
         loss: Tensor,
         index: Tensor | None = None,
-        write: PendingWrite | None = None,
+        write: PendingWrite | Sequence[PendingWrite] | None = None,
     ) -> None:
         """Record one batch's potentials, per-example losses and pending store write.
 
@@ -205,33 +205,28 @@ class NonFiniteGuard:
             theta: ``(B, T)`` potentials (detached here).
             loss: ``(B,)`` per-example losses (detached here).
             index: ``(B,)`` example indices, to name the examples at fault; None: unknown.
-            write: the batch's messages to write back once the step is known to be finite;
-                with the guard off they are written at once.
+            write: the batch's messages to write back once the step is known to be finite
+                (one :class:`PendingWrite`, or several: one per message store); with the guard
+                off they are written at once.
         """
+        writes = [] if write is None else [write] if isinstance(write, PendingWrite) else write
         if not self.enabled:
-            if write is not None:
-                write.store.scatter(write.index, write.new)
+            for w in writes:
+                w.store.scatter(w.index, w.new)
             return
         theta, loss = theta.detach(), loss.detach()
         bad_theta = _bad_potential_rows(theta.reshape(theta.shape[0], -1))
         bad_loss = ~torch.isfinite(loss).reshape(loss.shape[0], -1).all(dim=1)
+        bad_msgs = torch.zeros((), dtype=torch.bool, device=loss.device)
+        for i, w in enumerate(writes):
+            bad = ~torch.isfinite(w.new).all()
+            bad_msgs = bad if i == 0 else bad_msgs | bad
         b = self._batch
-        b.flags.append(
-            torch.stack(
-                [
-                    bad_theta.any(),
-                    bad_loss.any(),
-                    ~torch.isfinite(write.new).all()
-                    if write is not None
-                    else torch.zeros((), dtype=torch.bool, device=loss.device),
-                ]
-            )
-        )
+        b.flags.append(torch.stack([bad_theta.any(), bad_loss.any(), bad_msgs]))
         b.bad_rows.append(bad_loss | bad_theta)
         if index is not None:
             b.index.append(torch.as_tensor(index).reshape(-1))
-        if write is not None:
-            b.writes.append(write)
+        b.writes.extend(writes)
 
     def before_step(self, params: Sequence[Tensor], optimizer: Any, step: int) -> bool:
         """Decide on the step (the gradients are final): commit or drop its store writes.

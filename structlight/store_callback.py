@@ -81,7 +81,8 @@ class MessageStoreSync(Callback):
             )
         self.sharded = world > 1
         if world > 1:
-            store.shard(rank, world)
+            for _, each in message_stores(pl_module):  # the clamped problem's store too
+                each.shard(rank, world)
             install_sharded_sampler(trainer)
             destroy_process_group_at_exit()
 

@@ -41,8 +41,9 @@ class MessageStoreHooks:
     def _size_store(self, num_examples: int | None) -> None:
         if num_examples is None:
             return
-        if self.head.store.num_examples < num_examples:
-            self.head.store.resize(int(num_examples))
+        for _, store in message_stores(self.head):  # the clamped problem's store too
+            if store.num_examples < num_examples:
+                store.resize(int(num_examples))
 
     def setup(self, stage: str) -> None:
         """Size the message store from the datamodule (``num_train_examples`` or its length).
@@ -71,6 +72,8 @@ class MessageStoreHooks:
         dm = self.trainer.datamodule
         if dm is None:
             return  # dataloaders passed to fit(): sized in on_train_start
+        if getattr(dm, "has_missing_labels", False):
+            self.head.enable_missing_labels()
         self._size_store(self._num_train_examples(dm.train_dataloader))
 
     def _num_train_examples(self, loader: Callable[[], Any]) -> int | None:

@@ -124,10 +124,16 @@ def test_labels_are_checked_at_present_positions_only():
     batch["label"][1, 0] = K  # a present position
     with pytest.raises(ValueError, match=r"batch\['label'\]\[1, 0\] = 4.*present positions"):
         head.labels_from(batch)
-    # without lengths every position is present and -100 is out of range
+    # without lengths every position is present: -100 there is an unobserved label, which a
+    # blended head without the clamped problem's message store refuses, naming the remedy
     batch = padded_batch()
     del batch["length"]
-    with pytest.raises(ValueError, match="= -100"):
+    assert torch.equal(head.labels_from(batch), batch["label"])
+    theta = head(torch.randn(batch["label"].shape[0], NMAX, F, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"batch\['label'\] has unobserved.*missing_labels=True"):
+        head.training_loss(theta, batch)
+    batch["label"][0, 0] = -5  # neither a state nor -100
+    with pytest.raises(ValueError, match=r"= -5.*or -100 for an unobserved label"):
         head.labels_from(batch)
 
 

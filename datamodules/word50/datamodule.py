@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datamodules._common import WordsDataModule, check_int, check_shuffle_seed
+from datamodules.missing import HiddenLabels, MissingLabels
 from datamodules.word50.constants import ALPHABET, DEFAULT_FILENAME, NUM_CLASSES, WORD_LENGTH
 from datamodules.word50.dataset import Word50Dataset
 from datamodules.word50.generate import Word50Difficulty, generate_word50, generator_config
@@ -56,6 +57,9 @@ class Word50DataModule(WordsDataModule):
         eval_batch_size: batch size of val/test/predict loaders (default ``batch_size``).
         pin_memory: pin batches in page-locked memory (useful with a GPU).
         progress: show a progress bar while generating.
+        missing_labels: hide some training labels (:class:`~datamodules.missing.MissingLabels`:
+            which, how many, and whether they become -100, are discarded or read as a
+            negative); None: every label is present. Validation and test keep all labels.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class Word50DataModule(WordsDataModule):
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
         progress: bool = True,
+        missing_labels: MissingLabels | None = None,
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
@@ -117,7 +122,8 @@ class Word50DataModule(WordsDataModule):
             "difficulty": difficulty,
         }
         self._config = generator_config(**self._gen_kwargs)  # validates words and difficulty
-        self.datasets: dict[str, Word50Dataset] = {}
+        self.missing_labels = missing_labels
+        self.datasets: dict[str, Word50Dataset | HiddenLabels] = {}
         self._words: tuple[str, ...] = tuple(self._config["words"])
 
     # -- facts the model side needs -------------------------------------------------------
@@ -129,6 +135,16 @@ class Word50DataModule(WordsDataModule):
     def words(self) -> tuple[str, ...]:
         """The vocabulary: the file's after ``setup`` with ``source="hdf5"``, else the config's."""
         return self._words
+
+    @property
+    def has_missing_labels(self) -> bool:
+        """Whether training labels include unobserved ones (-100): the model then keeps a
+        second message store (``StructuredHead.missing_labels``)."""
+        return self.missing_labels is not None and self.missing_labels.handling == "latent"
+
+    def _hide(self, split: str) -> None:
+        if split == "train" and self.missing_labels is not None:
+            self.datasets[split] = HiddenLabels(self.datasets[split], self.missing_labels)
 
     # -- LightningDataModule hooks --------------------------------------------------------
     _name = "Word50"
@@ -153,6 +169,7 @@ class Word50DataModule(WordsDataModule):
         if self.source == "folder":
             for split, (images, labels) in read_folder(self.folder, needed).items():
                 self.datasets[split] = Word50Dataset.from_arrays(images, labels, split)
+                self._hide(split)
             return
         self._ensure_file()
         if self.generate:
@@ -161,6 +178,7 @@ class Word50DataModule(WordsDataModule):
             self._words = tuple(read_attrs(self.path)["words"])
         for split in needed:
             self.datasets[split] = Word50Dataset(self.path, split, in_memory=self.in_memory)
+            self._hide(split)
 
     def _train_sampler(self, data: Word50Dataset) -> EpochShuffleSampler | None:
         return EpochShuffleSampler(data, self.shuffle_seed) if self.train_shuffle else None

@@ -26,6 +26,7 @@ from structlight.graph import RegionGraph
 from structlight.head.decoding import HeadDecoding
 from structlight.head.examples import ExampleMask, HeadExamples
 from structlight.head.losses import HeadLosses, StructuredLoss
+from structlight.head.missing import HeadMissingLabels
 from structlight.head.packing import (
     PackingPlan,
     TermSlots,
@@ -44,7 +45,7 @@ __all__ = ["ExampleMask", "StructuredHead", "StructuredLoss", "TaskType"]
 TaskType = Literal["sequence", "multilabel"]
 
 
-class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, nn.Module):
+class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, HeadMissingLabels, nn.Module):
     """A Markov random field over the outputs, with deep potentials and message storage.
 
     Subclass it for a new task: build a :class:`RegionGraph`, call ``super().__init__(graph,
@@ -65,6 +66,10 @@ class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, nn.Module):
         store_location: where the message store lives: ``"device"`` (with the module) or
             ``"pinned"`` (page-locked host memory; the batch's messages are copied to the GPU
             and back asynchronously), see :class:`MessageStore`.
+        missing_labels: keep a second message store for training examples with unobserved
+            labels (-100 at present positions; :mod:`structlight.head.missing`).
+            :class:`structlight.DeepStructuredModel` also turns it on when the datamodule has
+            ``has_missing_labels = True``.
 
     Attributes:
         graph: the region graph.
@@ -75,6 +80,8 @@ class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, nn.Module):
         bp: the :class:`ConvexBP` engine on ``graph`` (its :attr:`~ConvexBP.layout` says where
             each region's table lives in ``theta``).
         store: the :class:`MessageStore`.
+        clamped_store: the second :class:`MessageStore` (the clamped problem's messages, for
+            missing labels), or None.
         potentials: ``nn.ModuleDict`` of the potential terms, in registration order.
     """
 
@@ -90,6 +97,7 @@ class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, nn.Module):
         index_key: str = "index",
         task_type: TaskType | None = None,
         store_location: StoreLocation = "device",
+        missing_labels: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(graph, RegionGraph):
@@ -115,6 +123,9 @@ class StructuredHead(HeadExamples, HeadDecoding, HeadLosses, nn.Module):
             self.bp.num_message_entries, int(num_train_examples or 0), store_location
         )
         self.num_train_examples = num_train_examples
+        self.clamped_store = None
+        if missing_labels:
+            self.enable_missing_labels()
         self.potentials = nn.ModuleDict()
         self._terms: dict[str, TermSlots] = {}
         self._unary_terms: list[str] = []

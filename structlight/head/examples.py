@@ -132,14 +132,22 @@ class HeadExamples:
         """
         return self.labels_and_mask(batch, batch_size)[0]
 
-    def augment(self, theta: Tensor, labels: Tensor, mask: ExampleMask | None = None) -> Tensor:
-        """Hamming loss augmentation: ``+1`` on every state of every present variable except
-        ``y*_i``.
+    def augment(
+        self,
+        theta: Tensor,
+        labels: Tensor,
+        mask: ExampleMask | None = None,
+        hidden: Tensor | None = None,
+    ) -> Tensor:
+        """Hamming loss augmentation: ``+1`` on every state of every present, observed variable
+        except ``y*_i``.
 
         Args:
             theta: ``(B, T)``.
-            labels: ``(B, N)`` (not read at absent positions).
+            labels: ``(B, N)`` (not read at absent or unobserved positions).
             mask: the batch's :class:`ExampleMask` (None: every variable present).
+            hidden: ``(B, N)`` bool, the unobserved present variables (None: none), whose
+                tables are left as they are.
 
         Returns:
             ``(B, T)`` (differentiable; ``F(y*)`` is unchanged).
@@ -151,4 +159,7 @@ class HeadExamples:
                 f"{missing} have none"
             )
         present = None if mask is None else mask.variables
+        if hidden is not None:
+            hidden = hidden.to(theta.device)
+            present = ~hidden if present is None else present.to(theta.device) & ~hidden
         return hamming_augment(theta, labels, self._plan(theta.device, theta.dtype), present)

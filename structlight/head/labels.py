@@ -12,10 +12,18 @@ from torch import Tensor
 from structlight.graph import RegionGraph
 from structlight.head.packing import PackingPlan
 
-__all__ = ["IGNORE_LABEL", "check_label_range", "check_labels", "hamming_augment", "read_labels"]
+__all__ = [
+    "IGNORE_LABEL",
+    "check_label_range",
+    "unobserved_positions",
+    "check_labels",
+    "hamming_augment",
+    "read_labels",
+]
 
-#: The label of an absent position (a padding position of a variable-size example): the
-#: metrics skip targets equal to it, and predictions there are it too.
+#: The label of an absent position (a padding position of a variable-size example) or of an
+#: unobserved variable (a missing label): the metrics skip targets equal to it, and predictions
+#: at absent positions are it too.
 IGNORE_LABEL = -100
 
 
@@ -84,22 +92,23 @@ def read_labels(
 def check_label_range(
     y: Tensor, num_states: Sequence[int], label_key: str, present: Tensor | None = None
 ) -> None:
-    """Raise naming the first label that is not a state of its variable.
+    """Raise naming the first label that is neither a state of its variable nor
+    :data:`IGNORE_LABEL` (an unobserved label, for learning with missing labels).
 
     Args:
         y: ``(B, N)`` long labels.
         num_states: the variables' state counts.
         label_key: the labels' batch key, for the message.
         present: ``(B, N)`` bool, the positions whose labels are read (None: all); labels
-            elsewhere may hold anything, :data:`IGNORE_LABEL` included.
+            elsewhere may hold anything.
 
     Raises:
-        ValueError: a label read is outside ``0..num_states[i] - 1``.
+        ValueError: a label read is outside ``0..num_states[i] - 1`` and not -100.
     """
     if not y.numel():
         return
     ks = torch.as_tensor(num_states, dtype=torch.long, device=y.device)
-    bad = (y < 0) | (y >= ks)
+    bad = ((y < 0) & (y != IGNORE_LABEL)) | (y >= ks)
     if present is not None:
         bad = bad & present.to(y.device)
     if not bool(bad.any()):
@@ -108,7 +117,8 @@ def check_label_range(
     k = int(ks[v])
     raise ValueError(
         f"batch[{label_key!r}][{b}, {v}] = {int(y[b, v])}, but variable {v} has {k} "
-        f"states: labels must be in 0..{k - 1} ({int(bad.sum())} labels of the batch are out "
+        f"states: labels must be in 0..{k - 1}, or -100 for an unobserved label "
+        f"({int(bad.sum())} labels of the batch are out "
         f"of range{'' if present is None else ' at present positions'})"
     )
 
@@ -142,3 +152,17 @@ def hamming_augment(
     entries = theta.new_zeros(b, theta.shape[1] + 1, dtype=torch.bool)
     entries = entries.scatter(1, plan.var_index.reshape(1, -1).expand(b, -1), absent)
     return torch.where(entries[:, :-1], theta, out)
+
+
+def unobserved_positions(labels: Tensor, present: Tensor | None = None) -> Tensor | None:
+    """``(B, N)`` bool, the present variables whose label is :data:`IGNORE_LABEL` (unobserved),
+    or None when the batch has none (one host read).
+
+    Args:
+        labels: ``(B, N)`` checked labels (:func:`check_label_range`).
+        present: ``(B, N)`` bool, the present variables (None: all).
+    """
+    hidden = labels == IGNORE_LABEL
+    if present is not None:
+        hidden &= present.to(labels.device)
+    return hidden if bool(hidden.any()) else None

@@ -46,14 +46,15 @@ class StructuredLoss:
         num_sweeps: sweeps run in this step.
         pending: the batch's updated messages when :meth:`StructuredHead.training_loss` was
             asked not to write them back (``write_back=False``), for the caller to write once the
-            step is known to be finite; None otherwise.
+            step is known to be finite: one :class:`PendingWrite`, or a tuple of two with
+            missing labels (the clamped problem's messages too); None otherwise.
     """
 
     loss: Tensor
     dual: Tensor
     dual_change: Tensor | None
     num_sweeps: int
-    pending: PendingWrite | None = None
+    pending: PendingWrite | tuple[PendingWrite, ...] | None = None
 
 
 class HeadLosses:
@@ -66,7 +67,12 @@ class HeadLosses:
     """
 
     def structured_loss(
-        self, theta: Tensor, labels: Tensor, msgs: Tensor, mask: ExampleMask | None = None
+        self,
+        theta: Tensor,
+        labels: Tensor,
+        msgs: Tensor,
+        mask: ExampleMask | None = None,
+        clamped_msgs: Tensor | None = None,
     ) -> Tensor:
         """``L = D(theta~, lam) - F(theta, y*)`` with ``lam`` held fixed.
 
@@ -78,10 +84,19 @@ class HeadLosses:
             msgs: ``(B, M)`` messages (detached here).
             mask: the batch's :class:`~structlight.head.base.ExampleMask` (None: every
                 variable present).
+            clamped_msgs: ``(B, M)`` messages of the clamped problem
+                (:meth:`ConvexBP.clamp_to_observed`), needed when some present label is -100
+                (unobserved): the loss is then ``D(theta~, lam) - D(theta_clamped, mu)``.
 
         Returns:
-            ``(B,)``, ``>= 0``.
+            ``(B,)``, ``>= 0`` (at converged messages).
+
+        Raises:
+            ValueError: unobserved labels without ``clamped_msgs``.
         """
+        hidden = self.unobserved(labels, None if mask is None else mask.variables)
+        if hidden is not None:
+            return self._latent_structured_loss(theta, labels, msgs, mask, hidden, clamped_msgs)
         if mask is None:
             theta_inf = self.augment(theta, labels) if self.loss_augmentation else theta
             return self.bp.dual(theta_inf, msgs.detach()) - self.bp.score(theta, labels)
@@ -89,6 +104,32 @@ class HeadLosses:
         theta_inf = self.augment(theta, labels, mask) if self.loss_augmentation else theta
         dual = self.bp.dual(theta_inf, msgs.detach(), mask=mask.regions)
         return dual - self.bp.score(theta, labels, mask=mask.regions)
+
+    def _latent_structured_loss(
+        self,
+        theta: Tensor,
+        labels: Tensor,
+        msgs: Tensor,
+        mask: ExampleMask | None,
+        hidden: Tensor,
+        clamped_msgs: Tensor | None,
+    ) -> Tensor:
+        if clamped_msgs is None:
+            raise ValueError(
+                f"batch[{self.label_key!r}] has unobserved labels (-100 at present positions): "
+                "pass clamped_msgs, the messages of bp.clamp_to_observed(theta, labels) (e.g. "
+                "from head.converge)"
+            )
+        region = None if mask is None else mask.to(theta.device).regions
+        theta_inf = self.augment(theta, labels, mask, hidden) if self.loss_augmentation else theta
+        dual = self.bp.dual(theta_inf, msgs.detach(), mask=region)
+        clamped = self.bp.clamp_to_observed(theta, labels)
+        target = torch.where(
+            hidden.any(1).to(theta.device),
+            self.bp.dual(clamped, clamped_msgs.detach(), mask=region),
+            self.bp.score(theta, labels.clamp(min=0), mask=region),
+        )
+        return self.observed_only(dual - target, labels)
 
     def training_loss(
         self,
@@ -145,8 +186,11 @@ class HeadLosses:
         if mask is not None:
             mask = mask.to(theta.device)
             region = mask.regions
+        hidden = self.unobserved(labels, None if mask is None else mask.variables)
+        if hidden is not None and self.schedule.uses_store:
+            self.require_clamped_store()
         if self.loss_augmentation:
-            theta_inf = self.augment(theta, labels, mask)
+            theta_inf = self.augment(theta, labels, mask, hidden)
         else:
             theta_inf = theta
         # prepared once: the sweeps (no gradient) and the final dual (gradient to theta_inf)
@@ -156,6 +200,7 @@ class HeadLosses:
             if region is None
             else self.bp.prepare(theta_inf, mask=region)
         )
+        index = None
         if self.schedule.uses_store:
             index = MessageStore.index_from(batch, self.index_key)
             if index.dim() != 1 or index.shape[0] != b:
@@ -170,15 +215,23 @@ class HeadLosses:
             with torch.no_grad():
                 dual_before = self.bp.dual(fixed, start)
         msgs, num = self.schedule.run(self.bp, fixed, start)
-        pending = None
+        writes = []
         if self.schedule.uses_store:
-            pending = PendingWrite(self.store, index, start, msgs)
-            if write_back:
-                finite = torch.isfinite(msgs).all(dim=1, keepdim=True)
-                self.store.scatter(index, torch.where(finite, msgs, start))
-                pending = None
+            writes.append(PendingWrite(self.store, index, start, msgs))
         dual = self.bp.dual(fixed, msgs.detach())
-        loss = dual - self.bp.score(theta, labels, mask=region)
+        if hidden is None:
+            loss = dual - self.bp.score(theta, labels, mask=region)
+        else:  # missing labels: D(theta~; lam) - D(theta_clamped; mu)
+            target, write = self.latent_target(theta, labels, hidden, batch, region, index)
+            loss = self.observed_only(dual - target, labels)
+            writes += [write] if write is not None else []
+        pending = None
+        if writes and write_back:
+            for w in writes:
+                finite = torch.isfinite(w.new).all(dim=1, keepdim=True)
+                w.store.scatter(w.index, torch.where(finite, w.new, w.old))
+        elif writes:
+            pending = writes[0] if len(writes) == 1 else tuple(writes)
         change = None
         if dual_before is not None and num > 0:
             change = (dual.detach() - dual_before) / num
@@ -201,7 +254,8 @@ class HeadLosses:
             theta: ``(B, T)``; only the singleton tables are read.
             labels: ``(B, N)`` (not read at absent positions).
             mask: the batch's :class:`~structlight.head.base.ExampleMask` (None: every
-                variable present); the sums run over the present variables.
+                variable present); the sums run over the present variables whose label is
+                observed (not -100).
 
         Returns:
             :class:`StructuredLoss` (no messages, ``num_sweeps = 0``).
@@ -210,11 +264,15 @@ class HeadLosses:
         present = None
         if mask is not None:
             present = mask.variables.to(theta.device)
+        hidden = self.unobserved(labels, present)
+        if hidden is not None:  # missing labels: the sums run over observed variables
+            present = ~hidden if present is None else present & ~hidden
+        if present is not None:
             labels = torch.where(present, labels, 0)
         u = self.unary_scores(theta)
         score = u.gather(2, labels[..., None]).squeeze(2)
         if self.loss_augmentation:
-            u = self.unary_scores(self.augment(theta, labels, mask))
+            u = self.unary_scores(self.augment(theta, labels, mask, hidden))
         plan = self._plan(theta.device, theta.dtype)
         per_var = soft_max(u, plan.temper, -1)
         if present is not None:

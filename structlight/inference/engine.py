@@ -12,6 +12,7 @@ from structlight.inference import dual as _dual
 from structlight.inference import readout
 from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
 from structlight.inference.masks import build_masks, checked_region_mask, region_mask_from_variables
+from structlight.inference.observed import ObservedIndex, clamp_to_observed
 from structlight.inference.plan import Plan, build_plan
 from structlight.inference.prepared import PreparedPotentials, clamp, version_of
 from structlight.inference.sweep import CompiledSweep, sweep_messages
@@ -59,6 +60,7 @@ class ConvexBP:
         self._plans: dict[tuple[torch.device, torch.dtype], Plan] = {}
         self._compiled: dict[tuple[torch.device, torch.dtype], CompiledSweep] = {}
         self._compile_failed = False
+        self._observed = ObservedIndex.of(self.layout)
 
     def __getstate__(self) -> dict:
         """Pickle without the per-(device, dtype) plans and compiled sweeps (rebuilt on use)."""
@@ -270,3 +272,24 @@ class ConvexBP:
         if mask is not None and masks is None:
             masks = build_masks(checked_region_mask(mask, labels.shape[0], self.graph, plan), plan)
         return readout.score(theta, labels, plan, masks)
+
+    def clamp_to_observed(self, pots: Potentials, labels: Tensor) -> Tensor:
+        """Packed ``(B, T)`` potentials with every entry that disagrees with an observed label
+        set to :data:`NEG_INF`; variables labelled ``< 0`` (-100: unobserved or absent) keep all
+        their states. Its dual approximates ``eps log Z(x, y_o)``, and with every label observed
+        it is ``F(y)`` for any messages (:mod:`~structlight.inference.observed`).
+
+        Raises:
+            ValueError: labels of the wrong shape, or at or above a variable's state count.
+        """
+        labels = torch.as_tensor(labels)
+        readout.check_labels(labels, self.graph.num_vars)
+        states = torch.as_tensor(self.graph.num_states, device=labels.device)
+        if bool((labels >= states).any()):
+            b, v = (int(i) for i in (labels >= states).nonzero()[0])
+            raise ValueError(
+                f"labels[{b}, {v}] = {int(labels[b, v])}, but variable {v} has "
+                f"{int(states[v])} states"
+            )
+        theta = self.layout.pack(pots, batch_size=labels.shape[0])
+        return clamp_to_observed(theta, labels, self._observed)
