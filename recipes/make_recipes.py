@@ -10,6 +10,9 @@ The grid is the paper's Word50 experiments (Chen et al., ICML 2015):
   units on the two characters' pixels (1568 inputs) -> ``recipes/word50/fig6/``;
 * the quick start: ``recipes/word50/quickstart.yaml`` (2nd-order JointTrain) and
   ``quickstart_unary.yaml`` (its unary-only baseline), a few minutes on 2 CPU cores;
+* missing labels: ``recipes/word50/missing/{discard,latent,full}.yaml``, the quick start's
+  2nd-order JointTrain when 2 of the 5 letters of half the training words are hidden
+  (``datamodules.missing.MissingLabels``): discarded words, the latent loss, or all labels;
 * variable-size examples: ``recipes/varwords/{unary,joint1,joint2}.yaml``, unary only, 1st- and
   2nd-order JointTrain with a one-layer MLP (H1 = 512) on VarWords (English words of 2 to 14
   letters, ``datamodules.varwords``): ``ChainHead(num_vars=14)`` on batches padded to 14
@@ -204,6 +207,7 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
     data_args.update(dict(r.data_extra))
     trainer: dict[str, Any] = {"max_epochs": r.epochs, "log_every_n_steps": 20}
     trainer.update(dict(r.trainer_extra))
+    log_name = trainer.pop("logger_name", r.dataset)
     if twin:
         data_args.update({"root": f"data/{r.dataset}_tiny", "batch_size": 2, "eval_batch_size": 2})
         data_args.update(TINY_DATA)
@@ -211,7 +215,7 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
         trainer = {"fast_dev_run": True, "enable_model_summary": False}
     trainer["logger"] = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": r.dataset, "version": r.name},
+        "init_args": {"save_dir": "runs", "name": log_name, "version": r.name},
     }
     return {
         "seed_everything": 0,
@@ -328,6 +332,32 @@ def grid() -> list[Recipe]:
             trainer_extra=QUICK_TRAINER,
         )
     )
+    for handling, what in (
+        ("discard", "the partly labelled words discarded"),
+        ("latent", "the missing letters unobserved (the latent loss)"),
+        ("none", "every letter labelled (the ceiling)"),
+    ):
+        out.append(
+            Recipe(
+                path=f"word50/missing/{'full' if handling == 'none' else handling}.yaml",
+                title=(
+                    "Missing labels: 2nd order Markov, JointTrain, one-layer MLP (H1=512) on the "
+                    f"generated Word50, 2 of the 5 letters of half the training words hidden; "
+                    f"{what}; {QUICK_EPOCHS} epochs."
+                ),
+                hidden=(512,),
+                strategy="joint",
+                order=2,
+                epochs=QUICK_EPOCHS,
+                trainer_extra=QUICK_TRAINER + (("logger_name", "word50_missing"),),
+                data_extra=(
+                    (
+                        "missing_labels",
+                        {"fraction": 0.5, "per_example": 2, "handling": handling, "seed": 0},
+                    ),
+                ),
+            )
+        )
     varwords = "VarWords (English words of 2 to 14 letters), one-layer MLP (H1=512)"
     out.append(
         Recipe(
