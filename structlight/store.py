@@ -1,4 +1,4 @@
-"""Per-example message storage for blended learning and inference (DESIGN §2).
+"""Per-example message storage for blended learning and inference (docs/design.md §2).
 
 The paper keeps every training example's dual messages ``lam`` between optimisation steps, so
 each visit of an example continues its message passing where the last visit stopped. A

@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="structlight-table",
         description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring (structlight/table.py) and README.md for examples.",
+        epilog="See the module docstring (structlight/table.py) and docs/reproducing.md for examples.",
     )
     p.add_argument("recipes", nargs="+", help="recipe YAML files or folders of them")
     p.add_argument("--max_epochs", type=int, default=None, help="override every recipe's epochs")

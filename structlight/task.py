@@ -2,7 +2,7 @@
 
 :class:`DeepStructuredModel` composes a backbone (``batch["image"] -> features``) and a
 :class:`structlight.StructuredHead` (features -> potentials -> message passing -> loss). One
-training step (DESIGN §2, the paper's Fig. 3):
+training step (docs/design.md §2, the paper's Fig. 3):
 
 1. forward: ``theta = head(backbone(batch["image"]), batch)``;
 2. the batch's stored messages get ``sweeps_per_step`` sweeps with ``theta`` detached and are

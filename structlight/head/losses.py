@@ -1,4 +1,5 @@
-"""The learning step of a :class:`~structlight.StructuredHead` (DESIGN §2, the paper's Fig. 3).
+"""The learning step of a :class:`~structlight.StructuredHead` (docs/design.md §2, the paper's
+Fig. 3).
 
 * :meth:`HeadLosses.training_loss`: the batch's messages move by the head's message schedule
   (:mod:`.schedules`) on the detached potentials, then ``loss_b = D(theta_b, lam_b) - F(x_b,
