@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "flickr"
 TWINS = ROOT / "tests" / "conf" / "flickr"
-NAMES = ["unary", "piecewise", "pretrain_joint"]
+NAMES = ["unary", "piecewise", "pretrain_joint", "missing_negative", "missing_latent"]
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,5 @@ def test_twin_runs_on_fake_tree(
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and metrics["train/loss"] >= -1e-4
     assert "val/hamming_error" in metrics and 0 <= float(metrics["val/hamming_error"]) <= 100
+    # the latent recipe's datamodule turns the second message store on; the others do not
+    assert cli.model.head.missing_labels == (name == "missing_latent")
