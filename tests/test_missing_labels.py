@@ -414,8 +414,22 @@ def test_a_datamodule_with_missing_labels_trains_with_the_second_store(tmp_path)
     assert torch.equal(touched, partial)
     assert bool(torch.isfinite(trainer.callback_metrics["val/char_acc"]))
     ckpt = torch.load(
-        next((tmp_path / "checkpoints").glob("*.ckpt")) if (tmp_path / "checkpoints").exists()
+        next((tmp_path / "checkpoints").glob("*.ckpt"))
+        if (tmp_path / "checkpoints").exists()
         else next(tmp_path.rglob("*.ckpt")),
         weights_only=False,
     )
     assert torch.equal(ckpt["state_dict"]["head.clamped_store.messages"], store.messages)
+
+
+def test_a_head_without_the_second_store_loads_a_checkpoint_that_has_it():
+    """``structlight test --ckpt_path`` builds the head from the recipe; the checkpoint of a
+    run with missing labels still loads, second store included."""
+    head = ChainHead(4, 3, 5, num_train_examples=6, missing_labels=True)
+    batch = {"label": torch.tensor([[0, -100, 1, 1], [1, 1, 1, 1]]), "index": torch.tensor([1, 2])}
+    head.training_loss(head(torch.randn(2, 4, 5)), batch)
+    plain = ChainHead(4, 3, 5)
+    plain.load_state_dict(head.state_dict())
+    assert plain.missing_labels
+    assert torch.equal(plain.clamped_store.messages, head.clamped_store.messages)
+    assert (plain.clamped_store.messages[1] != 0).any()

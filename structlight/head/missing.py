@@ -72,6 +72,15 @@ class HeadMissingLabels:
         )
         return True
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """A checkpoint of a run with missing labels holds the second store: load it into a
+        head built without it (for ``structlight test --ckpt_path``, say)."""
+        if self.clamped_store is None and f"{prefix}clamped_store.messages" in state_dict:
+            self.enable_missing_labels()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def require_clamped_store(self) -> None:
         """Blending with unobserved labels needs :attr:`clamped_store`.
 

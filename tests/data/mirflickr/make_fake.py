@@ -67,6 +67,7 @@ def make_fake_mirflickr(
     seed: int = 0,
     min_side: int = 24,
     max_side: int = 64,
+    informative: bool = False,
 ) -> FakeMirFlickr:
     """Write the fake tree.
 
@@ -78,6 +79,9 @@ def make_fake_mirflickr(
         seed: seed of everything random.
         min_side: smallest image side in pixels.
         max_side: largest image side in pixels.
+        informative: draw each image's potential tags as bright cells of a 5 x 5 grid (48 x 48
+            pixels, with noise), so that a model can learn the tags from the pixels (the
+            relevant ``_r1`` tags stay invisible); False: smooth random colours.
 
     Returns:
         The paths, the label matrix and the split ranges.
@@ -107,6 +111,17 @@ def make_fake_mirflickr(
         (annotation_dir / f"{tag}.txt").write_text("".join(f"{i}\n" for i in ids))
 
     for image_id in range(1, num_images + 1):
+        if informative:
+            cells = np.zeros(25)
+            cells[: len(POTENTIAL)] = (
+                potential[image_id - 1] if image_id > 2 else labels[image_id - 1, : len(POTENTIAL)]
+            )
+            grid = np.kron(cells.reshape(5, 5), np.ones((9, 9)))  # 45 x 45
+            pixels = np.pad(grid, ((1, 2), (1, 2)))[..., None] * 160 + 40
+            pixels = np.repeat(pixels, 3, axis=2) + rng.normal(0, 40, size=(48, 48, 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            image.save(root / f"im{image_id}.jpg", quality=90)
+            continue
         width, height = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
         # A smooth colour gradient plus noise: compresses like a photograph, not like noise.
         yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
