@@ -433,3 +433,29 @@ def test_a_head_without_the_second_store_loads_a_checkpoint_that_has_it():
     assert plain.missing_labels
     assert torch.equal(plain.clamped_store.messages, head.clamped_store.messages)
     assert (plain.clamped_store.messages[1] != 0).any()
+
+
+@pytest.mark.slow
+def test_ddp_shards_the_second_store_and_checkpoints_it_whole(tmp_path):
+    """Two gloo processes: both stores sharded alike; the checkpoint holds the whole second
+    store in example order, with messages exactly for the partly labelled (even) examples."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "ddp_scripts" / "missing.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = torch.load(tmp_path / "missing.pt", weights_only=False)
+    assert out["shards"] == [
+        {"store": (rank, 2, 12), "clamped_store": (rank, 2, 12)} for rank in (0, 1)
+    ]
+    clamped = out["ckpt_clamped"]
+    assert clamped.shape[0] == 24 and torch.equal(clamped, out["clamped"])
+    assert (clamped != 0).any(1).tolist() == [i % 2 == 0 for i in range(24)]
+    assert (out["store"] != 0).any(1).all()  # every example's free messages moved
