@@ -261,6 +261,8 @@ def test_second_store_only_when_asked_and_in_the_state_dict():
     assert late.enable_missing_labels()
     assert (late.clamped_store.rank, late.clamped_store.world_size) == (1, 2)
     assert late.clamped_store.num_local == late.store.num_local == 3
+    pinned = ChainHead(4, 3, 5, num_train_examples=6, store_location="pinned", missing_labels=True)
+    assert pinned.clamped_store.location == "pinned"
 
 
 def test_second_store_is_written_and_restored_from_a_checkpoint(tmp_path):
