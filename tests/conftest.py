@@ -1,38 +1,32 @@
-"""Shared fixtures and helpers for the test suite."""
+"""Fixtures shared by the test modules (shared functions live in ``tests/helpers/``)."""
 
 from __future__ import annotations
 
-import itertools
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers.recipes import tiny_varwords, tiny_word50
+from tests.helpers.scoring import brute_force_scores
 
 # Two cores: keep intra-op threads modest so parallel subprocess tests don't oversubscribe.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def brute_force_scores(graph, pots):
-    """All joint labellings and their scores, by enumeration.
-
-    Args:
-        graph: a small ``RegionGraph``.
-        pots: list of region tables, region r of shape (B, *region_shape(r)).
-
-    Returns:
-        ``(labels, scores)``: ``(S, N)`` long tensor of every labelling and ``(B, S)`` scores.
-    """
-    states = list(itertools.product(*[range(k) for k in graph.num_states]))
-    labels = torch.tensor(states, dtype=torch.long)
-    b = max(p.shape[0] for p in pots)
-    scores = torch.zeros(b, len(states), dtype=pots[0].dtype)
-    for r, reg in enumerate(graph.regions):
-        table = pots[r].expand(b, *graph.region_shape(r))
-        idx = tuple(labels[:, v] for v in reg)
-        scores = scores + table[(slice(None), *idx)]
-    return labels, scores
-
-
 @pytest.fixture
 def brute_force():
     return brute_force_scores
+
+
+@pytest.fixture(scope="session")
+def word50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny generated Word50 (20/10/10 words), made once per test run and only read."""
+    return tiny_word50(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def varwords_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny generated VarWords (20/10/10 words), made once per test run and only read."""
+    return tiny_varwords(tmp_path_factory.getbasetemp())

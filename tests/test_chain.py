@@ -13,7 +13,7 @@ from structlight.chain import (
     chain_score,
     chain_viterbi,
 )
-from tests.conftest import brute_force_scores
+from tests.helpers.scoring import brute_force_scores
 
 DT = torch.float64
 

@@ -30,7 +30,8 @@ from structlight.checkpointing import (
 )
 from structlight.sampling import EpochShuffleSampler, default_seed
 from structlight.testing import SyntheticChainDataModule
-from tests.ddp_scripts.common import (
+from tests.helpers.recipes import TWINS
+from tests.helpers.synthetic import (
     Snapshot,
     make_model,
     quiet_trainer,
@@ -243,11 +244,10 @@ def test_epoch_shuffle_sampler_seed_epoch_and_fast_forward(monkeypatch: pytest.M
     assert testing.EpochShuffleSampler is EpochShuffleSampler  # still importable from there
 
 
-def test_word50_training_order_depends_on_seed_and_epoch_only(tmp_path: Path) -> None:
+def test_word50_training_order_depends_on_seed_and_epoch_only(word50_root: Path) -> None:
     from datamodules.word50 import Word50DataModule
-    from tests.test_recipes import tiny_word50
 
-    root = tiny_word50(tmp_path)
+    root = word50_root
     dm = Word50DataModule(root=root, batch_size=4, progress=False, shuffle_seed=5,
                           num_train=20, num_val=10, num_test=10)  # fmt: skip
     dm.setup("fit")
@@ -327,16 +327,15 @@ def test_no_claim_in_ddp_children_fast_dev_run_or_without_logger(
 
 # ---------------------------------------------------------------------- structlight-table
 def test_table_refuses_an_old_table_and_resumes_an_interrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    word50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import csv
 
     from structlight.cli import main as fit_main
     from structlight.table import main
-    from tests.test_recipes import TWINS, tiny_word50
 
     monkeypatch.chdir(tmp_path)
-    root = tiny_word50(tmp_path)
+    root = word50_root
     unary, joint = TWINS / "word50" / "quickstart_unary.yaml", TWINS / "word50" / "quickstart.yaml"
     out = tmp_path / "table"
     common = ["--set", f"data.init_args.root={root}", "--set", "trainer.enable_progress_bar=false"]
@@ -387,15 +386,14 @@ def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_cli_word50_resume_from_last_ckpt_is_bit_identical(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    word50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The quick start's tiny twin (shuffled Word50, plateau schedule on val/char_acc): one
     epoch, then resumed from its last.ckpt to three, ends where three epochs in one go end."""
     from structlight.cli import main
-    from tests.test_recipes import TWINS, tiny_word50
 
     monkeypatch.chdir(tmp_path)
-    root = tiny_word50(tmp_path)
+    root = word50_root
     base = ["fit", "--config", str(TWINS / "word50" / "quickstart.yaml"),
             "--data.init_args.root", str(root), "--trainer.enable_progress_bar", "false",
             "--trainer.fast_dev_run", "false", "--trainer.limit_train_batches", "3",
@@ -412,15 +410,14 @@ def test_cli_word50_resume_from_last_ckpt_is_bit_identical(
 
 
 def test_cli_last_ckpt_follows_training_after_the_best_epoch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    word50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The recipes' checkpoint group (monitor val/word_acc): with a step size of 0 the best
     epoch is the first, and last.ckpt still holds the final step."""
     from structlight.cli import main
-    from tests.test_recipes import TWINS, tiny_word50
 
     monkeypatch.chdir(tmp_path)
-    root = tiny_word50(tmp_path)
+    root = word50_root
     main(["fit", "--config", str(TWINS / "word50" / "quickstart.yaml"),
           "--data.init_args.root", str(root), "--trainer.enable_progress_bar", "false",
           "--trainer.fast_dev_run", "false", "--trainer.limit_train_batches", "2",

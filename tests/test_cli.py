@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers.cli import cli_args
-from tests.test_recipes import TWINS, tiny_word50
+from tests.helpers.recipes import TWINS
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -18,9 +18,9 @@ QUICK = TWINS / "word50" / "quickstart.yaml"
 QUICK_UNARY = TWINS / "word50" / "quickstart_unary.yaml"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_word50(tmp_path_factory.getbasetemp())
+@pytest.fixture
+def root(word50_root: Path) -> Path:
+    return word50_root
 
 
 def test_fit_then_validate_test_predict(

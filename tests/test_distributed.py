@@ -26,7 +26,7 @@ from structlight.distributed import (
 from structlight.head import ChainHead, FullyConnectedHead
 from structlight.store import MessageStore, shard_size
 from structlight.testing import EpochShuffleSampler, SyntheticChainDataset
-from tests.ddp_scripts.common import (
+from tests.helpers.synthetic import (
     MergedDataModule,
     Recorder,
     k_sweeps_from_zero,

@@ -16,7 +16,7 @@ from structlight.head import ChainHead, StructuredHead
 from structlight.potentials import Unary
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule
-from tests.ddp_scripts.common import quiet_trainer as make_trainer
+from tests.helpers.synthetic import quiet_trainer as make_trainer
 
 N, K, HIDDEN = 5, 10, 16
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from tests.ddp_scripts.common import state_differences
 from tests.helpers.cli import cli_args
-from tests.test_recipes import TWINS, tiny_word50
+from tests.helpers.recipes import TWINS
+from tests.helpers.synthetic import state_differences
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -146,9 +146,9 @@ def test_unreadable_ckpt_path_is_an_error_naming_the_file(
 
 
 # ---------------------------------------------------------------------- one folder, two runs
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_word50(tmp_path_factory.getbasetemp())
+@pytest.fixture
+def root(word50_root: Path) -> Path:
+    return word50_root
 
 
 def _short(batches: int) -> list[str]:

@@ -17,8 +17,8 @@ from structlight.guard import NonFiniteError, NonFiniteGuard
 from structlight.head import ChainHead
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule
-from tests.ddp_scripts.common import parameters
-from tests.ddp_scripts.common import quiet_trainer as make_trainer
+from tests.helpers.synthetic import parameters
+from tests.helpers.synthetic import quiet_trainer as make_trainer
 
 N, K, HIDDEN = 5, 10, 16
 NUM_TRAIN, BATCH = 16, 4

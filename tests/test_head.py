@@ -9,23 +9,11 @@ import torch
 from torch import nn
 
 from structlight import ConvexBP, RegionGraph
+from structlight.backbones import PerPosition
 from structlight.head import ChainHead, FullyConnectedHead, InferenceSettings, StructuredHead
 from structlight.potentials import MLP, HigherOrderTable, PairwiseTable, Unary
 from structlight.store import MessageStore
-
-try:
-    from structlight.backbones import PerPosition
-except ImportError:  # pragma: no cover - the backbones module is written in parallel
-
-    class PerPosition(nn.Module):  # type: ignore[no-redef]
-        def __init__(self, module: nn.Module) -> None:
-            super().__init__()
-            self.module = module
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, n = x.shape[:2]
-            y = self.module(x.reshape(b * n, *x.shape[2:]))
-            return y.reshape(b, n, *y.shape[1:])
+from tests.helpers.scoring import brute_force_scores
 
 
 def n_params(*modules: nn.Module) -> int:
@@ -376,9 +364,6 @@ def test_message_store_gather_scatter_resize_and_state_dict():
 
 
 def test_chain_head_viterbi_decoding_is_the_exact_map():
-    from structlight import ChainHead
-    from tests.conftest import brute_force_scores
-
     torch.manual_seed(0)
     head = ChainHead(4, 3, in_features=5, decoding="viterbi", table_init_std=1.0)
     feats = torch.randn(6, 4, 5)

@@ -18,7 +18,7 @@ from structlight.inference import EXP_MIN_STATES
 from structlight.inference import dual as dual_module
 from structlight.inference import prepared as prepared_module
 from structlight.inference import readout as readout_module
-from tests.conftest import brute_force_scores
+from tests.helpers.scoring import brute_force_scores
 
 DT = torch.float64
 

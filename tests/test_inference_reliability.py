@@ -10,7 +10,7 @@ from scipy.optimize import minimize
 
 from structlight import ConvexBP, RegionGraph
 from structlight.inference import dual, readout
-from tests.conftest import brute_force_scores
+from tests.helpers.scoring import brute_force_scores
 
 DT = torch.float64
 HALF = [torch.float16, torch.bfloat16]

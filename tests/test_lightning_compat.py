@@ -28,7 +28,7 @@ from structlight.sampling import EpochShuffleSampler
 from structlight.store_callback import MessageStoreSync
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule, SyntheticChainDataset
-from tests.ddp_scripts.common import quiet_trainer
+from tests.helpers.synthetic import quiet_trainer
 
 BATCHES = 3  # training batches per epoch (12 examples, batch size 4)
 

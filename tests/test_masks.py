@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from structlight import ConvexBP, RegionGraph
-from tests.conftest import brute_force_scores
+from tests.helpers.scoring import brute_force_scores
 
 DT = torch.float64
 

@@ -6,17 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recipes import tiny_word50
-
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_executes(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_quickstart_notebook_executes(word50_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    root = tiny_word50(tmp_path_factory.getbasetemp())  # the notebook's tiny sizes: 20/10/10
+    root = word50_root  # the notebook's tiny sizes: 20/10/10
     monkeypatch.setenv("STRUCTLIGHT_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("STRUCTLIGHT_NOTEBOOK_DATA", str(root))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel is a second process on 2 cores

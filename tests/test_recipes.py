@@ -11,73 +11,12 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers.recipes import RECIPES, ROOT, TWINS, stand_in_unary_checkpoint
+
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
-TWINS = ROOT / "tests" / "conf"
-#: Sizes of the tiny Word50 and VarWords the twins expect (recipes/make_recipes.py: TINY_DATA).
-TINY = {"num_train": 20, "num_val": 10, "num_test": 10}
 #: The data sets whose recipes and twins this file checks (Flickr's: tests/test_flickr_recipes.py).
 DATASETS = ("word50", "varwords")
-
-
-def tiny_word50(base: Path) -> Path:
-    """A tiny generated Word50 (20/10/10 words) under ``base``, made once per test session.
-
-    Args:
-        base: the session's base temporary folder (``tmp_path_factory.getbasetemp()``).
-
-    Returns:
-        The ``root`` to give ``Word50DataModule``.
-    """
-    from datamodules.word50 import Word50DataModule
-
-    root = base / "word50_tiny"
-    dm = Word50DataModule(root=root, progress=False, **TINY)
-    if not dm.path.exists():
-        dm.prepare_data()
-    return root
-
-
-def tiny_varwords(base: Path) -> Path:
-    """A tiny generated VarWords (20/10/10 words) under ``base``, made once per test session.
-
-    Args:
-        base: the session's base temporary folder (``tmp_path_factory.getbasetemp()``).
-
-    Returns:
-        The ``root`` to give ``VarWordsDataModule``.
-    """
-    from datamodules.varwords import VarWordsDataModule
-
-    root = base / "varwords_tiny"
-    dm = VarWordsDataModule(root=root, progress=False, **TINY)
-    if not dm.path.exists():
-        dm.prepare_data()
-    return root
-
-
-def stand_in_unary_checkpoint(folder: Path, hidden: list[int]) -> Path:
-    """An untrained unary-only checkpoint with the backbone of ``hidden`` (cached per shape)."""
-    from structlight.backbones import PerPosition
-    from structlight.head import ChainHead
-    from structlight.potentials import MLP
-    from structlight.task import DeepStructuredModel
-
-    path = folder / f"unary_{'x'.join(map(str, hidden))}.ckpt"
-    if not path.exists():
-        model = DeepStructuredModel(
-            PerPosition(MLP(784, hidden)),
-            ChainHead(5, 26, hidden[-1], pairwise="none"),
-            strategy="unary_only",
-        )
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {"state_dict": model.state_dict(), "hyper_parameters": {"strategy": "unary_only"}},
-            path,
-        )
-    return path
 
 
 def _recipes() -> list[Path]:
@@ -103,16 +42,6 @@ def _class_paths(node: Any, prefix: str = "") -> dict[str, str]:
             else:
                 out.update(_class_paths(v, key))
     return out
-
-
-@pytest.fixture(scope="module")
-def word50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_word50(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def varwords_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_varwords(tmp_path_factory.getbasetemp())
 
 
 def test_recipes_are_generated() -> None:

@@ -16,7 +16,7 @@ from structlight.head import ChainHead
 from structlight.strategies import STRATEGIES, Strategy, StrategySpec, strategy_spec
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule
-from tests.ddp_scripts.common import quiet_trainer
+from tests.helpers.synthetic import quiet_trainer
 
 HIDDEN = 8
 #: The paper's four strategies, written out independently of the table:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from structlight.head import ChainHead, FullyConnectedHead, InferenceSettings
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule, SyntheticChainDataset
-from tests.ddp_scripts.common import quiet_trainer as make_trainer
+from tests.helpers.synthetic import quiet_trainer as make_trainer
 
 K = 10  # states of the synthetic chain task (the data module's default)
 HIDDEN = 16

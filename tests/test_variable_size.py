@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from structlight.head import ChainHead, FullyConnectedHead, InferenceSettings, StructuredHead
 from structlight.metrics import CharacterAccuracy, ExactMatch, HammingError, WordAccuracy
 from structlight.task import DeepStructuredModel
-from tests.ddp_scripts.common import quiet_trainer
+from tests.helpers.synthetic import quiet_trainer
 
 DT = torch.float64
 K, F, D = 4, 3, 5  # states, head features, inputs per position

@@ -256,7 +256,7 @@ def test_chain_head_trains_on_padded_batches(tmp_path: Path, tiny_h5: Path, orde
     from structlight.head import ChainHead
     from structlight.potentials import MLP
     from structlight.task import DeepStructuredModel
-    from tests.ddp_scripts.common import quiet_trainer
+    from tests.helpers.synthetic import quiet_trainer
 
     (tmp_path / "varwords.h5").write_bytes(tiny_h5.read_bytes())
     dm = VarWordsDataModule(root=tmp_path, batch_size=4, eval_batch_size=6, seed=3, **TINY)
@@ -293,7 +293,7 @@ def test_mid_epoch_resume_repeats_the_length_grouped_batches(tmp_path: Path, tin
     import lightning.pytorch as pl
 
     from structlight.checkpointing import ResumableCheckpoint, ResumeState
-    from tests.ddp_scripts.common import Snapshot, quiet_trainer
+    from tests.helpers.synthetic import Snapshot, quiet_trainer
 
     (tmp_path / "varwords.h5").write_bytes(tiny_h5.read_bytes())
 

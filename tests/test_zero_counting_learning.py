@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from structlight.head import FullyConnectedHead
 from structlight.task import DeepStructuredModel
 from structlight.testing import EpochShuffleSampler
-from tests.ddp_scripts.common import quiet_trainer
+from tests.helpers.synthetic import quiet_trainer
 
 N = 6  # binary labels
 CLUSTERS = 4  # cluster 0: no label; cluster c >= 1: labels 2c-2 and 2c-1

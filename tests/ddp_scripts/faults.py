@@ -26,13 +26,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import make_model, quiet_trainer, training_state
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 import structlight.checkpoint_files as checkpoint_files
 from structlight.checkpointing import ResumableCheckpoint, ResumeState
 from structlight.testing import SyntheticChainDataModule
+from tests.helpers.synthetic import make_model, quiet_trainer, training_state
 
 EVERY = 3
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from common import make_data, make_model, make_trainer, parameters
+from tests.helpers.synthetic import make_data, make_model, make_trainer, parameters
 
 BAD_EXAMPLE = 5
 

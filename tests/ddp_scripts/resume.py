@@ -22,9 +22,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from common import (
+from structlight.checkpointing import ResumableCheckpoint, ResumeState
+from tests.helpers.synthetic import (
     Recorder,
     Snapshot,
     all_ranks,
@@ -33,8 +34,6 @@ from common import (
     make_trainer,
     training_state,
 )
-
-from structlight.checkpointing import ResumableCheckpoint, ResumeState
 
 
 def run(

@@ -25,9 +25,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from common import (
+from tests.helpers.synthetic import (
     Recorder,
     all_ranks,
     make_data,

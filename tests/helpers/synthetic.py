@@ -1,7 +1,7 @@
-"""Models, data and helpers shared by the DDP scripts and ``tests/test_distributed.py``.
+"""The synthetic chain task: models, data, trainers and training-state comparisons.
 
-The scripts import this module by path (their directory is ``sys.path[0]``), the tests as
-``tests.ddp_scripts.common``.
+Shared by the tests and by the scripts under ``tests/ddp_scripts/`` (run as subprocesses; they
+put the repository root on ``sys.path`` and import this module as ``tests.helpers.synthetic``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def make_model(
 
 def quiet_trainer(**kw: Any) -> pl.Trainer:
     """A deterministic CPU trainer without logger, checkpoints, progress bar or summary
-    (``kw`` overrides; also used by ``tests/test_task.py``)."""
+    (``kw`` overrides)."""
     args: dict[str, Any] = dict(
         accelerator="cpu",
         logger=False,
