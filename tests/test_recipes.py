@@ -1,7 +1,13 @@
-"""Every recipe has a tiny twin under ``tests/conf/``, and every twin runs (``fast_dev_run``)."""
+"""Every recipe has a tiny twin under ``tests/conf/``; every twin builds, and runs (``fast_dev_run``).
+
+Every twin is parsed and instantiated by the command line's builder here; one twin of each kind
+(data set, strategy, head, order, pairwise term, handling of missing labels) also trains and
+validates for a batch, the others only among the slow tests (``-m slow``).
+"""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +36,36 @@ def _twins() -> list[Path]:
 
 def _twin_params() -> list[Any]:
     return [pytest.param(p, id=str(p.relative_to(TWINS))) for p in _twins()]
+
+
+def _kind(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """What a twin's run exercises: data set, strategy, head class, order, pairwise term and the
+    handling of missing labels."""
+    model = cfg["model"]["init_args"]
+    head = model["head"]["init_args"]
+    pairwise = str(head.get("pairwise", "table"))
+    order = "-" if pairwise == "none" else str(head.get("order", 1))
+    missing = (cfg["data"]["init_args"].get("missing_labels") or {}).get("handling", "-")
+    data, head_class = cfg["data"]["class_path"], model["head"]["class_path"]
+    return (data, model["strategy"], head_class, order, pairwise, str(missing))
+
+
+def _backbone_width(cfg: dict[str, Any]) -> int:
+    return sum(cfg["model"]["init_args"]["backbone"]["init_args"]["module"]["init_args"]["hidden"])
+
+
+def _run_params() -> list[Any]:
+    """Every twin; the cheapest of each :func:`_kind` (narrowest backbone) runs by default, the
+    others are marked slow."""
+    cfgs = {p: yaml.safe_load(p.read_text()) for p in _twins()}
+    first: dict[tuple[str, ...], Path] = {}
+    for p in sorted(cfgs, key=lambda p: (_backbone_width(cfgs[p]), str(p))):
+        first.setdefault(_kind(cfgs[p]), p)
+    chosen = set(first.values())
+    return [
+        pytest.param(p, id=str(p.relative_to(TWINS)), marks=() if p in chosen else pytest.mark.slow)
+        for p in _twins()
+    ]
 
 
 def _class_paths(node: Any, prefix: str = "") -> dict[str, str]:
@@ -108,7 +144,58 @@ def test_no_orphan_twins() -> None:
     assert not orphans
 
 
+def _twin_args(twin: Path, data_root: Path | None, ckpt_folder: Path) -> list[str]:
+    """The twin's arguments: its tiny data and, where it starts from one, a unary checkpoint."""
+    args = ["--config", str(twin), "--trainer.enable_progress_bar", "false"]
+    if data_root is not None:
+        args += ["--data.init_args.root", str(data_root)]
+    model = yaml.safe_load(twin.read_text())["model"]["init_args"]
+    if model.get("unary_checkpoint"):
+        hidden = model["backbone"]["init_args"]["module"]["init_args"]["hidden"]
+        ckpt = stand_in_unary_checkpoint(ckpt_folder, hidden)
+        args += ["--model.init_args.unary_checkpoint", str(ckpt)]
+    return args
+
+
+def _is(obj: Any, class_path: str) -> bool:
+    """Whether ``obj`` is exactly an instance of the class at ``class_path``."""
+    module, _, name = class_path.rpartition(".")
+    return type(obj) is getattr(importlib.import_module(module), name)
+
+
 @pytest.mark.parametrize("twin", _twin_params())
+def test_twin_builds(twin: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The command line parses the twin and builds its model, data and trainer as written."""
+    from structlight.cli import build_cli
+
+    cfg = yaml.safe_load(twin.read_text())
+    ckpts = tmp_path_factory.getbasetemp() / "unary_ckpts"
+    cli = build_cli(_twin_args(twin, None, ckpts), run=False)
+    model, head_cfg = cfg["model"]["init_args"], cfg["model"]["init_args"]["head"]
+    assert _is(cli.model, cfg["model"]["class_path"])
+    assert cli.model.training_strategy == model["strategy"]
+    assert _is(cli.model.head, head_cfg["class_path"])
+    head = head_cfg["init_args"]
+    graph = cli.model.head.graph
+    assert graph.num_vars == head["num_vars"]
+    assert set(graph.num_states) == {head["num_states"]}
+    pairs = [r for r in graph.regions if len(r) == 2]
+    assert max(j - i for i, j in pairs) == head.get("order", 1)
+    learned_pairwise = list(cli.model.head.pairwise_parameters())
+    assert (head.get("pairwise", "table") == "none") == (not learned_pairwise)
+    mlp = model["backbone"]["init_args"]["module"]["init_args"]
+    widths = [
+        m.out_features for m in cli.model.backbone.modules() if isinstance(m, torch.nn.Linear)
+    ]
+    assert widths == mlp["hidden"]
+    assert _is(cli.datamodule, cfg["data"]["class_path"])
+    data = cfg["data"]["init_args"]
+    dm = cli.datamodule
+    assert (dm.batch_size, dm.eval_batch_size) == (data["batch_size"], data["eval_batch_size"])
+    assert cli.trainer.fast_dev_run
+
+
+@pytest.mark.parametrize("twin", _run_params())
 def test_twin_runs(
     twin: Path, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,22 +205,9 @@ def test_twin_runs(
     dataset = twin.relative_to(TWINS).parts[0]
     data_root = request.getfixturevalue(f"{dataset}_root")  # the tiny data of the twin's set
     monkeypatch.chdir(tmp_path)
-    args = [
-        "fit",
-        "--config",
-        str(twin),
-        "--data.init_args.root",
-        str(data_root),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
     cfg = yaml.safe_load(twin.read_text())
     model = cfg["model"]["init_args"]
-    if model.get("unary_checkpoint"):
-        hidden = model["backbone"]["init_args"]["module"]["init_args"]["hidden"]
-        ckpt = stand_in_unary_checkpoint(data_root.parent / "unary_ckpts", hidden)
-        args += ["--model.init_args.unary_checkpoint", str(ckpt)]
-    cli = build_cli(args)
+    cli = build_cli(["fit", *_twin_args(twin, data_root, data_root.parent / "unary_ckpts")])
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and metrics["train/loss"] >= -1e-4
     assert "val/word_acc" in metrics and "val/char_acc" in metrics
