@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.compiler import CompiledSweepCalls, record_compiled_sweeps
 from tests.helpers.recipes import tiny_varwords, tiny_word50
 from tests.helpers.scoring import brute_force_scores
 
@@ -30,3 +31,10 @@ def word50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def varwords_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny generated VarWords (20/10/10 words), made once per test run and only read."""
     return tiny_varwords(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def compiled_sweeps(monkeypatch: pytest.MonkeyPatch) -> CompiledSweepCalls:
+    """Every compiled sweep of the test, recorded (``.check()`` asserts they all compiled);
+    skips, saying why, where ``torch.compile`` has no compiler."""
+    return record_compiled_sweeps(monkeypatch)
