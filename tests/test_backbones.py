@@ -19,9 +19,9 @@ from structlight.backbones import (
     caffe_alexnet_state_dict,
 )
 
-CAFFE_TO_FC7 = 56_868_224  # DESIGN §3: BVLC AlexNet up to fc7
+CAFFE_TO_FC7 = 56_868_224  # BVLC AlexNet up to fc7 (docs/design.md, section 3)
 TORCHVISION_TO_FC7 = 57_003_840  # torchvision.models.alexnet without classifier.6
-PAPER_FLICKR = 57_182_408  # DESIGN §3: + 4096-76 top + 703 2x2 edge tables
+PAPER_FLICKR = 57_182_408  # + 4096-76 top + 703 2x2 edge tables (docs/design.md, section 3)
 
 
 def count(module: nn.Module) -> int:

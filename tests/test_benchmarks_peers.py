@@ -1,4 +1,4 @@
-"""Smoke tests of the peer benchmarks (issue 7, parts 2 and 3) on tiny sizes.
+"""Smoke tests of the peer benchmarks (``benchmarks/peers_*.py``) on tiny sizes.
 
 Nothing here is timed. Each script runs with ``--quick``; the peers (PGMax, pytorch-crf,
 torch-struct) are optional extras, so one test per script hides them and checks that their

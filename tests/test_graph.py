@@ -10,7 +10,7 @@ import pytest
 from structlight import RegionGraph
 
 
-def test_issue_example_graph():
+def test_mixed_state_counts_with_a_pair_and_a_triple():
     g = RegionGraph(
         num_states=[3, 2, 4, 3],
         regions=[(0,), (1,), (2,), (3,), (0, 1), (1, 2, 3)],
