@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from structlight.head import ChainHead, FullyConnectedHead, InferenceSettings
 from structlight.task import DeepStructuredModel
 from structlight.testing import SyntheticChainDataModule, SyntheticChainDataset
+from tests.helpers.evaluation import hamming_error
 from tests.helpers.synthetic import quiet_trainer as make_trainer
 
 K = 10  # states of the synthetic chain task (the data module's default)
@@ -232,7 +233,9 @@ def test_fully_connected_multilabel_metrics():
     trainer.fit(model, train, val)  # no datamodule: the store is sized from the loader
     assert model.head.store.num_examples == 40
     m = trainer.callback_metrics
-    assert 0.0 <= float(m["val/hamming_error"]) <= 100.0
+    error, count = hamming_error(model, val)  # by hand, from the model's predictions
+    assert float(m["val/hamming_error"]) == pytest.approx(error, abs=1e-4)
+    assert float(m["val/hamming_count"]) == pytest.approx(count, abs=1e-5)
     assert float(m["val/hamming_count"]) == pytest.approx(float(m["val/hamming_error"]) * 4 / 100)
 
 
