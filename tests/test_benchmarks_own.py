@@ -48,6 +48,7 @@ def test_flickr_step_quick(capsys):
     assert "of the step" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # its parts' own scripts run quick by default (above)
 def test_gpu_script_quick_runs_its_parts_on_whatever_device_is_here(tmp_path, monkeypatch, capsys):
     import gpu
     import torch

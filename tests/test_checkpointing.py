@@ -385,6 +385,7 @@ def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow  # exact resumes of the synthetic task run by default (above)
 def test_cli_word50_resume_from_last_ckpt_is_bit_identical(
     word50_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

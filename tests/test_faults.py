@@ -86,6 +86,7 @@ def test_runs_were_killed_where_intended(killed: dict[str, Any]) -> None:
     assert ".last.ckpt.partial" in killed["partial"]  # the unfinished save, never renamed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at", KILLS)
 def test_resume_after_sigkill_matches_the_uninterrupted_run(
     killed: dict[str, Any], at: str
