@@ -8,6 +8,7 @@ pass them without testing anything compiled. They skip, saying why, only without
 from __future__ import annotations
 
 import functools
+import importlib.util
 import shutil
 from typing import Any
 
@@ -33,10 +34,10 @@ def compiler_missing() -> str | None:
         return "TorchDynamo does not support this Python"
     if not any(shutil.which(c) for c in COMPILERS):
         return f"no C/C++ compiler on PATH (looked for {', '.join(COMPILERS)})"
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # another torch: the compiler on PATH has to do
-        return None
+    if importlib.util.find_spec("torch._inductor.cpp_builder") is None:
+        return None  # a torch that does not tell: the compiler on PATH has to do
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
     try:
         get_cpp_compiler()
     except Exception as err:
