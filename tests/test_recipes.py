@@ -163,14 +163,25 @@ def _is(obj: Any, class_path: str) -> bool:
     return type(obj) is getattr(importlib.import_module(module), name)
 
 
-@pytest.mark.parametrize("twin", _twin_params())
-def test_twin_builds(twin: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The command line parses the twin and builds its model, data and trainer as written."""
+@pytest.fixture(scope="module")
+def command_line() -> Any:
+    """The ``structlight`` command line, its parser built once (it does not depend on the
+    twin); :func:`test_twin_builds` has it parse and instantiate each twin in turn."""
     from structlight.cli import build_cli
 
+    return build_cli(["--config", str(_twins()[0])], run=False)
+
+
+@pytest.mark.parametrize("twin", _twin_params())
+def test_twin_builds(
+    twin: Path, command_line: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The command line parses the twin and builds its model, data and trainer as written."""
     cfg = yaml.safe_load(twin.read_text())
     ckpts = tmp_path_factory.getbasetemp() / "unary_ckpts"
-    cli = build_cli(_twin_args(twin, None, ckpts), run=False)
+    cli = command_line  # what build_cli(args, run=False) does, without building the parser again
+    cli.parse_arguments(cli.parser, _twin_args(twin, None, ckpts))
+    cli.instantiate_classes()
     model, head_cfg = cfg["model"]["init_args"], cfg["model"]["init_args"]["head"]
     assert _is(cli.model, cfg["model"]["class_path"])
     assert cli.model.training_strategy == model["strategy"]
