@@ -617,8 +617,9 @@ def test_batch_shared_pair_tables_match_the_general_path(graph):
     "graph, b",
     [
         (RegionGraph.fully_connected(5, 2), 3),  # two states: the max/min form
-        (RegionGraph.grid(3, 3, 3), 1),
-        (RegionGraph.chain(4, 4, order=2), 2),
+        # each compiles anew (seconds); grids and 2nd-order chains compile by default below
+        pytest.param(RegionGraph.grid(3, 3, 3), 1, marks=pytest.mark.slow),
+        pytest.param(RegionGraph.chain(4, 4, order=2), 2, marks=pytest.mark.slow),
     ],
 )
 def test_compiled_sweeps_match_the_general_path(graph, b, compiled_sweeps, recwarn):
