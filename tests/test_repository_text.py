@@ -1,8 +1,8 @@
 """The repository's text speaks of the product: no notes on how the repository was made.
 
 Every text file git tracks is searched (binary files and the VarWords word list, whose English
-words are data, are left out). The words looked for are spelled below with ``\\s`` between
-their parts so that this file does not match itself.
+words are data, are left out). The patterns and samples below are written so that this file
+does not match itself (``\\s`` between words, samples assembled from pieces).
 """
 
 from __future__ import annotations
