@@ -125,11 +125,8 @@ class HeadLosses:
         theta_inf = self.augment(theta, labels, mask, hidden) if self.loss_augmentation else theta
         dual = self.bp.dual(theta_inf, msgs.detach(), mask=region)
         clamped = self.bp.clamp_to_observed(theta, labels)
-        target = torch.where(
-            hidden.any(1).to(theta.device),
-            self.bp.dual(clamped, clamped_msgs.detach(), mask=region),
-            self.bp.score(theta, labels.clamp(min=0), mask=region),
-        )
+        clamped_dual = self.bp.dual(clamped, clamped_msgs.detach(), mask=region)
+        target = self.latent_target(theta, labels, hidden, clamped_dual, region)
         return self.observed_only(dual - target, labels)
 
     def training_loss(
@@ -223,7 +220,7 @@ class HeadLosses:
         if hidden is None:
             loss = dual - self.bp.score(theta, labels, mask=region)
         else:  # missing labels: D(theta~; lam) - D(theta_clamped; mu)
-            target, write = self.latent_target(theta, labels, hidden, batch, region, index)
+            target, write = self.blended_latent_target(theta, labels, hidden, region, index)
             loss = self.observed_only(dual - target, labels)
             writes += [write] if write is not None else []
         pending = None

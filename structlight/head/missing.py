@@ -21,7 +21,6 @@ unobserved labels trains bit for bit as before and needs no second store. See
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -101,66 +100,74 @@ class HeadMissingLabels:
         return unobserved_positions(labels, present)
 
     def clamped_dual(
-        self,
-        theta: Tensor,
-        labels: Tensor,
-        batch: Mapping[str, Any],
-        region: Tensor | None,
-        index: Tensor | None,
-    ) -> tuple[Tensor, Tensor, PendingWrite | None]:
+        self, theta: Tensor, labels: Tensor, region: Tensor | None, index: Tensor | None
+    ) -> tuple[Tensor, PendingWrite | None]:
         """``D(theta_clamped; mu)`` after the schedule's sweeps on ``mu``.
 
         Args:
             theta: ``(B, T)`` potentials (the gradient flows at fixed ``mu``).
             labels: ``(B, N)``, -100 at unobserved and absent positions.
-            batch: the batch (for the error messages).
             region: ``(B, R)`` region mask, or None.
             index: ``(B,)`` example indices when blending, else None.
 
         Returns:
-            ``(dual, mu, pending)``: the ``(B,)`` dual, the new messages, and their
-            :class:`PendingWrite` to :attr:`clamped_store` (None without blending).
+            ``(dual, pending)``: the ``(B,)`` dual, and the new messages' :class:`PendingWrite`
+            to :attr:`clamped_store` (None without blending).
 
         Raises:
             ValueError: blending without the second store (the remedy is named).
         """
         clamped = self.bp.clamp_to_observed(theta, labels)
         fixed = self.bp.prepare(clamped) if region is None else self.bp.prepare(clamped, region)
-        pending = None
         if index is not None:
             self.require_clamped_store()
             start = self.clamped_store.gather(index, device=theta.device).to(dtype=theta.dtype)
         else:
             start = self.bp.init_messages(theta.shape[0], theta.dtype, theta.device)
         mu, _ = self.schedule.run(self.bp, fixed, start)
-        if index is not None:
-            pending = PendingWrite(self.clamped_store, index, start, mu)
-        return self.bp.dual(fixed, mu.detach()), mu, pending
+        pending = None if index is None else PendingWrite(self.clamped_store, index, start, mu)
+        return self.bp.dual(fixed, mu.detach()), pending
 
     def latent_target(
         self,
         theta: Tensor,
         labels: Tensor,
         hidden: Tensor,
-        batch: Mapping[str, Any],
+        clamped_dual: Tensor,
         region: Tensor | None,
-        index: Tensor | None,
-    ) -> tuple[Tensor, PendingWrite | None]:
+    ) -> Tensor:
         """The subtracted term of the loss: ``F(y*)`` for fully observed examples,
-        ``D(theta_clamped; mu)`` for the others.
+        ``clamped_dual`` (``D(theta_clamped; mu)``) for the others.
 
         Args:
             hidden: ``(B, N)`` bool, the unobserved present variables (:meth:`unobserved`).
+            clamped_dual: ``(B,)``.
 
         Returns:
-            ``((B,) target, pending write of mu)``.
+            ``(B,)``.
         """
-        dual, _, pending = self.clamped_dual(theta, labels, batch, region, index)
         score = self.bp.score(theta, labels.clamp(min=0), mask=region)
-        latent = hidden.any(1).to(theta.device)
-        if pending is not None:  # only partly labelled examples keep clamped messages
+        return torch.where(hidden.any(1).to(theta.device), clamped_dual, score)
+
+    def blended_latent_target(
+        self,
+        theta: Tensor,
+        labels: Tensor,
+        hidden: Tensor,
+        region: Tensor | None,
+        index: Tensor | None,
+    ) -> tuple[Tensor, PendingWrite | None]:
+        """:meth:`latent_target` after the schedule's sweeps on ``mu`` (:meth:`clamped_dual`);
+        only partly labelled examples get new clamped messages.
+
+        Returns:
+            ``((B,) target, pending write of mu or None)``.
+        """
+        dual, pending = self.clamped_dual(theta, labels, region, index)
+        if pending is not None:
+            latent = hidden.any(1).to(theta.device)
             pending.new = torch.where(latent[:, None], pending.new, pending.old)
-        return torch.where(latent, dual, score), pending
+        return self.latent_target(theta, labels, hidden, dual, region), pending
 
     def observed_only(self, loss: Tensor, labels: Tensor) -> Tensor:
         """``loss`` with 0 for examples without a single observed label (they carry no
