@@ -377,7 +377,7 @@ def test_hidden_labels_latent_negative_discard_and_none_see_the_same_positions()
     assert (one["label"] == -100).sum() == 2
 
 
-def test_a_datamodule_with_missing_labels_trains_with_the_second_store(tmp_path):
+def test_a_datamodule_with_missing_labels_trains_with_the_second_store(tmp_path, word50_root):
     """Word50 with hidden letters: the model turns the second store on in setup, fills it for
     the partly labelled words only, and saves it in the checkpoint."""
     import lightning as L
@@ -388,7 +388,7 @@ def test_a_datamodule_with_missing_labels_trains_with_the_second_store(tmp_path)
     from structlight.potentials import MLP
 
     dm = Word50DataModule(
-        root=tmp_path / "w50",
+        root=word50_root,  # the tiny generated Word50 (20/10/10 words), read only
         progress=False,
         num_train=20,
         num_val=10,
@@ -461,3 +461,21 @@ def test_ddp_shards_the_second_store_and_checkpoints_it_whole(tmp_path):
     assert clamped.shape[0] == 24 and torch.equal(clamped, out["clamped"])
     assert (clamped != 0).any(1).tolist() == [i % 2 == 0 for i in range(24)]
     assert (out["store"] != 0).any(1).all()  # every example's free messages moved
+
+
+def test_structured_loss_with_clamped_messages_is_the_converged_training_loss():
+    """Validation's loss (messages of both problems converged by the caller) equals the
+    double-loop training loss; without the clamped messages it refuses, naming the remedy."""
+    head = chain_head()
+    x = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(11), dtype=DT)
+    y = torch.tensor([[0, -100, 2, -100], [1, 1, 2, 0]])
+    theta = head(x).detach()
+    lam, _ = head.bp.run(theta, num_sweeps=20000, tol=1e-15)
+    mu, _ = head.bp.run(head.bp.clamp_to_observed(theta, y), num_sweeps=20000, tol=1e-15)
+    got = head.structured_loss(theta, y, lam, clamped_msgs=mu)
+    want = head.training_loss(theta, {"label": y}).loss
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+    full = head.bp.dual(theta[1:], lam[1:]) - head.bp.score(theta[1:], y[1:])
+    assert got[1] == full[0]  # the fully observed example: the supervised loss itself
+    with pytest.raises(ValueError, match="pass clamped_msgs"):
+        head.structured_loss(theta, y, lam)

@@ -26,11 +26,7 @@ def tiny_word50(base: Path) -> Path:
     """
     from datamodules.word50 import Word50DataModule
 
-    root = base / "word50_tiny"
-    dm = Word50DataModule(root=root, progress=False, **TINY)
-    if not dm.path.exists():
-        dm.prepare_data()
-    return root
+    return _generated(Word50DataModule, base / "word50_tiny")
 
 
 def tiny_varwords(base: Path) -> Path:
@@ -44,8 +40,12 @@ def tiny_varwords(base: Path) -> Path:
     """
     from datamodules.varwords import VarWordsDataModule
 
-    root = base / "varwords_tiny"
-    dm = VarWordsDataModule(root=root, progress=False, **TINY)
+    return _generated(VarWordsDataModule, base / "varwords_tiny")
+
+
+def _generated(datamodule: type, root: Path) -> Path:
+    """``root`` holding the tiny generated data set of ``datamodule`` (made if missing)."""
+    dm = datamodule(root=root, progress=False, **TINY)
     if not dm.path.exists():
         dm.prepare_data()
     return root
