@@ -219,7 +219,7 @@ class NonFiniteGuard:
         bad_loss = ~torch.isfinite(loss).reshape(loss.shape[0], -1).all(dim=1)
         bad_msgs = torch.zeros((), dtype=torch.bool, device=loss.device)
         for i, w in enumerate(writes):
-            bad = ~torch.isfinite(w.new).all()
+            bad = ~torch.isfinite(w.new.sum(dim=1)).all()  # row sums: as for the potentials
             bad_msgs = bad if i == 0 else bad_msgs | bad
         b = self._batch
         b.flags.append(torch.stack([bad_theta.any(), bad_loss.any(), bad_msgs]))

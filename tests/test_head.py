@@ -256,6 +256,24 @@ def test_blended_step_updates_only_the_batch_slots():
     assert torch.allclose(out.dual_change, (out.dual - d0) / 2)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_blended_step_keeps_the_old_messages_of_a_non_finite_example(bad):
+    """An example whose new messages hold a NaN or an infinity keeps its stored ones."""
+    torch.manual_seed(0)
+    head = ChainHead(5, 4, 3, order=1, table_init_std=1.0, num_train_examples=10).double()
+    head.store.messages.normal_()
+    before = head.store.messages.clone()
+    batch = make_batch(3, 5, 3, 4)
+    batch["index"] = torch.tensor([7, 2, 4])
+    theta = head(batch["image"], batch).detach().clone()
+    theta[1, 0] = bad  # example 1 (slot 2): its sweep's messages are not finite
+    head.training_loss(theta, batch, track_dual_change=False)
+    assert torch.equal(head.store.messages[2], before[2])
+    want = head.bp.sweep(theta[[0, 2]], before[[7, 4]])
+    assert torch.allclose(head.store.messages[[7, 4]], want)
+    assert torch.isfinite(head.store.messages).all()
+
+
 def test_double_loop_restarts_from_zero_and_stores_nothing():
     torch.manual_seed(0)
     settings = InferenceSettings(blend=False, max_sweeps=20, tol=1e-6)

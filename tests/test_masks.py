@@ -180,6 +180,18 @@ def test_score_reads_present_regions_only():
     torch.testing.assert_close(got[:1], bp.score([p[:1] for p in pots], labels[:1]))
     with pytest.raises(ValueError, match="labels out of range"):
         bp.score(pots, torch.tensor([[0, 1, 2, 1], [2, -100, 0, 0]]), mask=rmask)
+    # the masks prepared potentials hold are used as built (a training step's score)
+    prep = bp.prepare(pots, mask=rmask)
+    assert bp.prepare(pots, mask=prep.masks).masks is prep.masks
+    torch.testing.assert_close(bp.score(pots, labels, mask=prep.masks), got)
+    # masks of another batch size are not: their region mask is checked, and refused
+    other = bp.prepare([p[:1] for p in pots], mask=rmask[:1]).masks
+    with pytest.raises(ValueError, match=r"\(B, R\) = \(2, 7\), got \(1, 7\)"):
+        bp.score(pots, labels, mask=other)
+    # and masks built for another dtype are rebuilt from their region mask
+    narrow = bp.prepare([p.float() for p in pots], mask=rmask).masks
+    assert narrow.weight.dtype == torch.float32
+    assert bp.prepare(pots, mask=narrow).masks.weight.dtype == pots[0].dtype
 
 
 def test_bad_masks_are_refused_with_what_arrived():

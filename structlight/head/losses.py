@@ -103,8 +103,8 @@ class HeadLosses:
             return self.bp.dual(theta_inf, msgs.detach()) - self.bp.score(theta, labels)
         mask = mask.to(theta.device)
         theta_inf = self.augment(theta, labels, mask) if self.loss_augmentation else theta
-        dual = self.bp.dual(theta_inf, msgs.detach(), mask=mask.regions)
-        return dual - self.bp.score(theta, labels, mask=mask.regions)
+        prep = self.bp.prepare(theta_inf, mask=mask.regions)  # masks built once, for both
+        return self.bp.dual(prep, msgs.detach()) - self.bp.score(theta, labels, mask=prep.masks)
 
     def _latent_structured_loss(
         self,
@@ -217,8 +217,8 @@ class HeadLosses:
         if self.schedule.uses_store:
             writes.append(PendingWrite(self.store, index, start, msgs))
         dual = self.bp.dual(fixed, msgs.detach())
-        if hidden is None:
-            loss = dual - self.bp.score(theta, labels, mask=region)
+        if hidden is None:  # (the masks the sweeps used, not built again)
+            loss = dual - self.bp.score(theta, labels, mask=fixed.masks)
         else:  # missing labels: D(theta~; lam) - D(theta_clamped; mu)
             target, write = self.blended_latent_target(theta, labels, hidden, region, index)
             loss = self.observed_only(dual - target, labels)
@@ -226,8 +226,14 @@ class HeadLosses:
         pending = None
         if writes and write_back:
             for w in writes:
-                finite = torch.isfinite(w.new).all(dim=1, keepdim=True)
-                w.store.scatter(w.index, torch.where(finite, w.new, w.old))
+                # a NaN or an infinity makes its row's sum one (so does a sum past the float
+                # range, which no message reaches): one read of the messages, not an isfinite
+                # per entry
+                finite = torch.isfinite(w.new.sum(dim=1, keepdim=True))
+                if w.new.device.type == "cpu" and bool(finite.all()):  # no device sync here
+                    w.store.scatter(w.index, w.new)
+                else:
+                    w.store.scatter(w.index, torch.where(finite, w.new, w.old))
         elif writes:
             pending = writes[0] if len(writes) == 1 else tuple(writes)
         change = None

@@ -11,7 +11,12 @@ from structlight.graph import RegionGraph
 from structlight.inference import dual as _dual
 from structlight.inference import readout
 from structlight.inference.layout import MSGS_HINT, NEG_INF, PackedLayout, Potentials, check_dtype
-from structlight.inference.masks import build_masks, checked_region_mask, region_mask_from_variables
+from structlight.inference.masks import (
+    Masks,
+    build_masks,
+    checked_region_mask,
+    region_mask_from_variables,
+)
 from structlight.inference.observed import ObservedIndex, clamp_to_observed
 from structlight.inference.plan import Plan, build_plan
 from structlight.inference.prepared import PreparedPotentials, clamp, version_of
@@ -93,7 +98,10 @@ class ConvexBP:
         return self.layout.unpack(theta)
 
     def prepare(
-        self, pots: PotentialsLike, batch_size: int | None = None, mask: Tensor | None = None
+        self,
+        pots: PotentialsLike,
+        batch_size: int | None = None,
+        mask: Tensor | Masks | None = None,
     ) -> PreparedPotentials:
         """Pack, check and clamp potentials once, for several calls on them.
 
@@ -101,7 +109,8 @@ class ConvexBP:
         ``bp.dual(prep, msgs)``: the fast path's sweep tables are built once, by the first sweep,
         and the dual's gradient flows to ``theta``. A prepared object of this instance and batch
         size is returned as it is; ``batch_size`` expands broadcast potentials. ``mask``: the
-        ``(B, R)`` bool present regions (:meth:`region_mask`); it stays with the object.
+        ``(B, R)`` bool present regions (:meth:`region_mask`), or another prepared object's
+        ``masks`` of the same batch (used as built); it stays with the object.
 
         Raises:
             TypeError, ValueError: as :meth:`pack`, or a bad mask; ValueError also for a prepared
@@ -111,7 +120,12 @@ class ConvexBP:
         if isinstance(pots, PreparedPotentials):
             pots.check_fresh()
             held = None if pots.masks is None else pots.masks.region
-            if mask is not None and held is not None and mask is not held:
+            if (
+                mask is not None
+                and held is not None
+                and mask is not held
+                and mask is not pots.masks
+            ):
                 raise ValueError("these prepared potentials hold another region mask")
             if pots.owner is self and batch_size in (None, pots.batch_size) and mask is None:
                 return pots
@@ -121,9 +135,23 @@ class ConvexBP:
             theta, clean = clamp(self.layout.pack(pots, batch_size))
         masks = None
         if mask is not None:
-            plan = self._plan(theta.device, theta.dtype)
-            masks = build_masks(checked_region_mask(mask, theta.shape[0], self.graph, plan), plan)
+            masks = self._masks(mask, theta.shape[0], self._plan(theta.device, theta.dtype))
         return PreparedPotentials(theta, clean, self, version_of(theta), masks)
+
+    def _masks(self, mask: Tensor | Masks, batch_size: int, plan: Plan) -> Masks:
+        """The :class:`Masks` of a ``(B, R)`` region mask, checked and built on ``plan``; a
+        :class:`Masks` this engine built for the same batch size, device and dtype (a prepared
+        object's ``masks``) as it is, its region mask rebuilt otherwise."""
+        if isinstance(mask, Masks):
+            if (
+                mask.region.shape == (batch_size, self.graph.num_regions)
+                and mask.weight.dtype == plan.counting.dtype
+                and mask.region.device == plan.edge_parent.device
+                and (mask.node is None) == (plan.pairwise is None)
+            ):
+                return mask
+            mask = mask.region
+        return build_masks(checked_region_mask(mask, batch_size, self.graph, plan), plan)
 
     def region_mask(self, variable_mask: Tensor) -> Tensor:
         """The ``(B, R)`` region mask of a ``(B, N)`` bool variable mask: a region is present
@@ -256,8 +284,14 @@ class ConvexBP:
         to -100."""
         return self.predict(pots, msgs, mask)[0]
 
-    def score(self, pots: PotentialsLike, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+    def score(
+        self, pots: PotentialsLike, labels: Tensor, mask: Tensor | Masks | None = None
+    ) -> Tensor:
         """``F(y) = sum_r f_r(y_r)`` of ``(B, N)`` labels, ``(B,)``; differentiable.
+
+        ``mask``: the ``(B, R)`` present regions, or the :class:`Masks` that prepared potentials
+        of the same batch hold (``prep.masks``), used as built: a training step scores the
+        labels on the potentials it prepared (augmented) for the sweeps with the same masks.
 
         Raises:
             ValueError: labels of the wrong shape or batch size, or out of range.
@@ -270,7 +304,7 @@ class ConvexBP:
         theta = self.layout.pack(pots, batch_size=labels.shape[0])
         plan = self._plan(theta.device, theta.dtype)
         if mask is not None and masks is None:
-            masks = build_masks(checked_region_mask(mask, labels.shape[0], self.graph, plan), plan)
+            masks = self._masks(mask, labels.shape[0], plan)
         return readout.score(theta, labels, plan, masks)
 
     def clamp_to_observed(self, pots: Potentials, labels: Tensor) -> Tensor:
