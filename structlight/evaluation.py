@@ -60,7 +60,7 @@ class EvaluationSteps:
                 msgs, _ = self._converge(aug, mask)
             clamped = None
             if hidden is not None:  # missing labels: the clamped problem's messages too
-                theta_c = self.head.bp.clamp_to_observed(theta.detach(), labels)
+                theta_c = self.head.clamped_potentials(theta.detach(), labels)
                 clamped, _ = self._converge(theta_c, mask)
             loss = self.head.structured_loss(theta, labels, msgs, mask, clamped)
             self.log(f"{stage}/sweeps", float(sweeps), on_epoch=True, batch_size=b, sync_dist=True)

@@ -4,7 +4,8 @@ The loss of an example with unobserved labels (-100 at present positions) is
 ``D(theta~; lam) - D(theta_clamped; mu)``. The checks:
 
 * the clamped potentials forbid exactly the entries that disagree with an observed label, and
-  with every label observed their dual is ``F(y*)`` for any messages;
+  with every label observed their dual is ``F(y*)`` for any messages; clamping the singleton
+  tables alone (what the head trains with) has the same dual minimum;
 * at convergence the loss equals the difference of the two dual minima found by an independent
   solver (SciPy's L-BFGS on a dual written here from the region graph alone);
 * the gradient matches finite differences; the loss is never negative at convergence;
@@ -123,6 +124,63 @@ def test_fully_observed_clamped_dual_is_the_score_for_any_messages(name, eps):
     msgs = 3.0 * torch.randn(4, bp.num_message_entries, generator=gen, dtype=DT)
     dual = bp.dual(bp.clamp_to_observed(theta, y), msgs)
     torch.testing.assert_close(dual, bp.score(theta, y), rtol=0, atol=1e-10)
+
+
+NO_SINGLETON = RegionGraph([2, 3, 2], [(0,), (1,), (0, 1), (1, 2)])  # variable 2 has none
+
+
+@pytest.mark.parametrize("name", [*sorted(GRAPHS), "no_singleton"])
+def test_singleton_clamp_forbids_the_singletons_and_leaves_covered_regions(name):
+    """``singletons_only``: a singleton table forbids its variable's other states; a larger
+    region is clamped only by its variables that have no singleton table."""
+    graph = GRAPHS.get(name, NO_SINGLETON)
+    bp = ConvexBP(graph)
+    theta, y = random_theta(graph, 5, 1), random_labels(graph, 5, 2, hide=0.4)
+    clamped = bp.clamp_to_observed(theta, y, singletons_only=True)
+    owned = {reg[0] for reg in graph.regions if len(reg) == 1}
+    for r, (orig, got) in enumerate(zip(bp.unpack(theta), bp.unpack(clamped), strict=True)):
+        reg = graph.regions[r]
+        checked = reg if len(reg) == 1 else [v for v in reg if v not in owned]
+        for b in range(5):
+            for states in itertools.product(*(range(k) for k in graph.region_shape(r))):
+                ok = all(
+                    y[b, v] < 0 or y[b, v] == s
+                    for v, s in zip(reg, states, strict=True)
+                    if v in checked
+                )
+                want = orig[b][states] if ok else torch.tensor(-1e30, dtype=DT)
+                assert got[b][states] == want, (r, b, states)
+
+
+@pytest.mark.parametrize("name", [*sorted(GRAPHS), "no_singleton"])
+@pytest.mark.parametrize("eps", [1.0, 0.5])
+def test_singleton_clamp_has_the_minimum_of_the_full_clamp(name, eps):
+    """The converged dual of the singleton clamp equals SciPy's minimum of the full clamp."""
+    graph = GRAPHS.get(name, NO_SINGLETON)
+    bp = ConvexBP(graph, eps=eps)
+    theta, y = random_theta(graph, 2, 12), random_labels(graph, 2, 13, hide=0.4)
+    single = bp.clamp_to_observed(theta, y, singletons_only=True)
+    mu, _ = bp.run(single, num_sweeps=20000, tol=1e-14)
+    got = bp.dual(single, mu)
+    full = bp.clamp_to_observed(theta, y)
+    ref = ReferenceDual(graph, eps)
+    for b in range(2):
+        want = ref.minimum([t[b] for t in bp.unpack(full)])
+        assert abs(float(got[b]) - want) < 1e-6, (b, float(got[b]), want)
+
+
+def test_singleton_clamp_keeps_shared_pair_tables_shared():
+    graph = GRAPHS["chain1"]
+    bp = ConvexBP(graph)
+    tables = [t[:1].expand(3, *t.shape[1:]) for t in bp.unpack(random_theta(graph, 1, 3))]
+    theta = bp.pack([tables[r] if len(reg) > 1 else torch.randn_like(tables[r])
+                     for r, reg in enumerate(graph.regions)])  # fmt: skip
+    y = torch.tensor([[0, -100, 2, 1], [1, 1, -100, -100], [2, 0, 1, -100]])
+    pairs = [r for r, reg in enumerate(graph.regions) if len(reg) > 1]
+    single = bp.unpack(bp.clamp_to_observed(theta, y, singletons_only=True))
+    full = bp.unpack(bp.clamp_to_observed(theta, y))
+    assert all(torch.equal(single[r], tables[r]) for r in pairs)
+    assert not all(torch.equal(full[r][0], full[r][1]) for r in pairs)
 
 
 def test_clamp_refuses_labels_out_of_range():
@@ -471,7 +529,7 @@ def test_structured_loss_with_clamped_messages_is_the_converged_training_loss():
     y = torch.tensor([[0, -100, 2, -100], [1, 1, 2, 0]])
     theta = head(x).detach()
     lam, _ = head.bp.run(theta, num_sweeps=20000, tol=1e-15)
-    mu, _ = head.bp.run(head.bp.clamp_to_observed(theta, y), num_sweeps=20000, tol=1e-15)
+    mu, _ = head.bp.run(head.clamped_potentials(theta, y), num_sweeps=20000, tol=1e-15)
     got = head.structured_loss(theta, y, lam, clamped_msgs=mu)
     want = head.training_loss(theta, {"label": y}).loss
     torch.testing.assert_close(got, want, rtol=0, atol=1e-9)

@@ -86,7 +86,7 @@ class HeadLosses:
             mask: the batch's :class:`~structlight.head.base.ExampleMask` (None: every
                 variable present).
             clamped_msgs: ``(B, M)`` messages of the clamped problem
-                (:meth:`ConvexBP.clamp_to_observed`), needed when some present label is -100
+                (:meth:`clamped_potentials`), needed when some present label is -100
                 (unobserved): the loss is then ``D(theta~, lam) - D(theta_clamped, mu)``.
 
         Returns:
@@ -118,13 +118,13 @@ class HeadLosses:
         if clamped_msgs is None:
             raise ValueError(
                 f"batch[{self.label_key!r}] has unobserved labels (-100 at present positions): "
-                "pass clamped_msgs, the messages of bp.clamp_to_observed(theta, labels) (e.g. "
+                "pass clamped_msgs, the messages of head.clamped_potentials(theta, labels) (e.g. "
                 "from head.converge)"
             )
         region = None if mask is None else mask.to(theta.device).regions
         theta_inf = self.augment(theta, labels, mask, hidden) if self.loss_augmentation else theta
         dual = self.bp.dual(theta_inf, msgs.detach(), mask=region)
-        clamped = self.bp.clamp_to_observed(theta, labels)
+        clamped = self.clamped_potentials(theta, labels)
         clamped_dual = self.bp.dual(clamped, clamped_msgs.detach(), mask=region)
         target = self.latent_target(theta, labels, hidden, clamped_dual, region)
         return self.observed_only(dual - target, labels)

@@ -6,8 +6,9 @@ is ``D(theta~; lam) - D(theta_clamped; mu)`` (Schwing, Hazan, Pollefeys and Urta
 
 * ``theta~``: the potentials, with the Hamming augmentation on observed variables when
   ``loss_augmentation`` is on;
-* ``theta_clamped``: :meth:`structlight.ConvexBP.clamp_to_observed`, every entry that disagrees
-  with an observed label forbidden;
+* ``theta_clamped``: :meth:`HeadMissingLabels.clamped_potentials`, every state that disagrees
+  with an observed label forbidden in the singleton tables (the same dual minimum as forbidding
+  every entry that disagrees, and the batch keeps sharing its pair tables);
 * ``lam`` and ``mu``: the example's two message sets. Blending keeps ``mu`` in a second
   :class:`~structlight.MessageStore`, :attr:`HeadMissingLabels.clamped_store`, moved by the
   same schedule as ``lam``.
@@ -99,6 +100,23 @@ class HeadMissingLabels:
         every present label of the batch is observed (one host read)."""
         return unobserved_positions(labels, present)
 
+    def clamped_potentials(self, theta: Tensor, labels: Tensor) -> Tensor:
+        """``theta_clamped``, the potentials of the clamped problem: every state of an observed
+        variable other than its label forbidden in its singleton table
+        (:meth:`structlight.ConvexBP.clamp_to_observed` with ``singletons_only=True``).
+
+        Its dual has the minimum of the fully clamped problem, and pair tables shared by the
+        batch (a head's tables) stay shared, so the clamped sweeps cost what the free ones do.
+
+        Args:
+            theta: ``(B, T)`` potentials.
+            labels: ``(B, N)``, -100 at unobserved and absent positions.
+
+        Returns:
+            ``(B, T)``, differentiable at the allowed entries.
+        """
+        return self.bp.clamp_to_observed(theta, labels, singletons_only=True)
+
     def clamped_dual(
         self, theta: Tensor, labels: Tensor, region: Tensor | None, index: Tensor | None
     ) -> tuple[Tensor, PendingWrite | None]:
@@ -117,7 +135,7 @@ class HeadMissingLabels:
         Raises:
             ValueError: blending without the second store (the remedy is named).
         """
-        clamped = self.bp.clamp_to_observed(theta, labels)
+        clamped = self.clamped_potentials(theta, labels)
         fixed = self.bp.prepare(clamped) if region is None else self.bp.prepare(clamped, region)
         if index is not None:
             self.require_clamped_store()

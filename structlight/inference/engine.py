@@ -307,11 +307,18 @@ class ConvexBP:
             masks = self._masks(mask, labels.shape[0], plan)
         return readout.score(theta, labels, plan, masks)
 
-    def clamp_to_observed(self, pots: Potentials, labels: Tensor) -> Tensor:
+    def clamp_to_observed(
+        self, pots: Potentials, labels: Tensor, singletons_only: bool = False
+    ) -> Tensor:
         """Packed ``(B, T)`` potentials with every entry that disagrees with an observed label
         set to :data:`NEG_INF`; variables labelled ``< 0`` (-100: unobserved or absent) keep all
         their states. Its dual approximates ``eps log Z(x, y_o)``, and with every label observed
         it is ``F(y)`` for any messages (:mod:`~structlight.inference.observed`).
+
+        ``singletons_only``: clamp the singleton tables only (and the tables of regions holding
+        a variable without a singleton region). The dual has the same minimum, and pair tables
+        shared by the batch stay shared, so its sweeps run as fast as the free problem's; with
+        every label observed it is ``F(y)`` at its minimum (not for any messages).
 
         Raises:
             ValueError: labels of the wrong shape, or at or above a variable's state count.
@@ -326,4 +333,4 @@ class ConvexBP:
                 f"{int(states[v])} states"
             )
         theta = self.layout.pack(pots, batch_size=labels.shape[0])
-        return clamp_to_observed(theta, labels, self._observed)
+        return clamp_to_observed(theta, labels, self._observed, singletons_only)
