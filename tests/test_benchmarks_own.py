@@ -83,3 +83,15 @@ def test_guard_cost_quick(capsys):
     assert set(out) == {"unguarded", "immediate", "deferred"}
     assert all(t > 0 for t in out.values())
     assert "x unguarded" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # writes a fake MIRFLICKR tree and trains three small models
+def test_missing_tags_quick(tmp_path, capsys):
+    import missing_tags
+
+    out = missing_tags.main(["--quick", "--root", str(tmp_path), "--threads", "1"])
+    rows = {row[0]: row for row in out["rows"]}
+    assert sorted(rows) == ["latent", "negative", "none"]
+    for _, hamming, exact, missed, _ in rows.values():
+        assert 0 <= hamming <= 100 and 0 <= exact <= 100 and 0 <= missed <= 100
+    assert "Hamming error %" in capsys.readouterr().out
