@@ -101,6 +101,62 @@ def test_padded_example_equals_its_own_length(order):
         assert (pred["marginals"][i, n:] == 0).all()
 
 
+def cut(batch: dict, n: int) -> dict:
+    """The batch padded only to ``n`` positions (its longest example), as ``pad_to="longest"``."""
+    return {k: v[:, :n] if v.dim() == 2 or k == "image" else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("pairwise", ["table", "mlp"])
+def test_a_batch_shorter_than_the_head_trains_and_predicts_as_padded(order, pairwise):
+    """A batch padded to its longest example (5 of 6 positions) gives the potentials, the
+    blended loss and its gradient, the stored messages and the predictions of the same batch
+    padded to num_vars; the metrics count the same positions."""
+    lengths = [5, 3, 5, 2]
+    kw = {} if pairwise == "table" else {"pairwise_in_features": 2 * D, "pairwise_hidden": [4]}
+    runs = []
+    for batch in (padded_batch(lengths), cut(padded_batch(lengths), 5)):
+        model = make_model(NMAX, order, pairwise=pairwise, num_train_examples=4, **kw)
+        theta = model(batch)
+        out = model.head.training_loss(theta, batch)
+        grads = torch.autograd.grad(out.loss.sum(), list(model.parameters()))
+        labels, mask = model.head.labels_and_mask(batch)
+        runs.append(
+            (theta, out.loss, grads, model.head.store.messages.clone(),
+             model.predict_step(batch, 0), labels, mask.variables)
+        )  # fmt: skip
+    (t_a, l_a, g_a, s_a, p_a, y_a, m_a), (t_b, l_b, g_b, s_b, p_b, y_b, m_b) = runs
+    # the potentials of present regions agree (the backbone's bias fills the padding of the
+    # batch padded to num_vars, zeros that of the shorter one: neither is read)
+    model = make_model(NMAX, order, pairwise=pairwise, **kw)
+    present = model.head.bp.prepare(t_a.detach(), mask=model.head.example_mask(
+        padded_batch(lengths), 4).regions).masks.region  # fmt: skip
+    for r, (a, b) in enumerate(zip(model.head.bp.unpack(t_a), model.head.bp.unpack(t_b))):
+        assert torch.equal(a[present[:, r]], b[present[:, r]]), r
+    tight = dict(atol=1e-12, rtol=0)
+    torch.testing.assert_close(l_a, l_b, **tight)
+    torch.testing.assert_close(s_a, s_b, **tight)
+    for a, b in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(a, b, **tight)
+    assert torch.equal(p_a["labels"], p_b["labels"]) and p_b["labels"].shape == (4, NMAX)
+    torch.testing.assert_close(p_a["marginals"], p_b["marginals"], **tight)
+    assert torch.equal(y_a, y_b) and torch.equal(m_a, m_b)
+
+
+def test_a_shorter_batch_needs_lengths_that_fit():
+    model = make_model(NMAX, 1)
+    batch = cut(padded_batch([5, 3, 5, 2]), 5)
+    with pytest.raises(ValueError, match=r"6 positions and features has 5: .*batch\['length'\]"):
+        model({k: v for k, v in batch.items() if k != "length"})
+    with pytest.raises(ValueError, match=r"6 positions and batch\['label'\] has 5"):
+        model.head.labels_and_mask({k: v for k, v in batch.items() if k != "length"})
+    short = {**batch, "length": torch.tensor([5, 3, 6, 2])}
+    with pytest.raises(ValueError, match=r"example 2 has 6 positions, but features holds 5"):
+        model(short)
+    with pytest.raises(ValueError, match=r"example 2 has 6 positions, but batch\['label'\] hold"):
+        model.head.labels_and_mask(short)
+
+
 def test_padding_is_never_read():
     """Garbage inputs and labels (any value) at padding positions change nothing."""
     model = make_model(NMAX, 2, inference=CONVERGED)

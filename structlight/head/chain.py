@@ -18,6 +18,7 @@ from structlight.head.builders import (
     add_unary_and_tables,
     check_choice,
 )
+from structlight.head.labels import IGNORE_LABEL
 from structlight.head.settings import InferenceSettings, check_head_kwargs
 
 __all__ = ["ChainHead"]
@@ -39,7 +40,10 @@ class ChainHead(StructuredHead):
     ``batch[length_key]`` (``(B,)`` int64, ``1 <= length <= num_vars``) places example ``i``
     on positions ``0..length_i - 1``; the rest is padding, which no loss, inference or metric
     reads (labels there may be anything, -100 included; predictions there are -100 with zero
-    marginals). Example ``i`` then gets exactly what a ``ChainHead(num_vars=length_i)`` with the
+    marginals). Such a batch may hold fewer than ``num_vars`` positions (padded to its longest
+    example, so the backbone runs on fewer positions): the head pads the features, the raw
+    inputs it reads and the labels to ``num_vars`` positions itself, and its predictions have
+    ``num_vars`` positions. Example ``i`` then gets exactly what a ``ChainHead(num_vars=length_i)`` with the
     same parameters gives it, as long as the terms do not depend on the chain length: the
     unary's Linear is shared by all positions, and the pairwise tables with ``share="type"`` or
     ``"shared"`` are too (``share="edge"`` gives each edge its own table, so a shorter chain
@@ -127,6 +131,56 @@ class ChainHead(StructuredHead):
             self, edges, num_states, share, pairwise_in_features, hidden, pairwise_source, input_key
         )
 
+    # ------------------------------------------------------------------ shorter batches
+    def forward(self, features: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
+        """Packed potentials of the batch (:meth:`StructuredHead.forward`); per-position
+        features of a variable-length batch with fewer than ``num_vars`` positions are padded
+        to ``num_vars`` first (with the raw inputs the pairwise terms read).
+
+        Raises:
+            ValueError: fewer positions than ``num_vars`` without ``batch[length_key]``, or a
+                length beyond the batch's positions.
+        """
+        n = self.graph.num_vars
+        if features.dim() >= 3 and features.shape[1] < n:
+            held = int(features.shape[1])
+            self._check_short_batch(batch, int(features.shape[0]), held, "features")
+            batch = {
+                k: _pad_positions(v, held, n, 0) if k != self.length_key else v
+                for k, v in batch.items()
+            }
+            features = _pad_positions(features, held, n, 0)
+        return super().forward(features, batch)
+
+    def labels_and_mask(
+        self, batch: Mapping[str, Any], batch_size: int | None = None
+    ) -> tuple[Tensor, ExampleMask | None]:
+        """:meth:`StructuredHead.labels_and_mask`; the labels of a variable-length batch with
+        fewer than ``num_vars`` positions are padded with -100 to ``num_vars`` first."""
+        y = batch.get(self.label_key) if isinstance(batch, Mapping) else None
+        n = self.graph.num_vars
+        if isinstance(y, Tensor) and y.dim() == 2 and y.shape[1] < n:
+            held = int(y.shape[1])
+            self._check_short_batch(batch, int(y.shape[0]), held, f"batch[{self.label_key!r}]")
+            batch = {**batch, self.label_key: _pad_positions(y, held, n, IGNORE_LABEL)}
+        return super().labels_and_mask(batch, batch_size)
+
+    def _check_short_batch(self, batch: object, b: int, held: int, what: str) -> None:
+        n = self.graph.num_vars
+        if not isinstance(batch, Mapping) or self.length_key not in batch:
+            raise ValueError(
+                f"{type(self).__name__} has {n} positions and {what} has {held}: a batch with "
+                f"fewer positions must say each example's length in batch[{self.length_key!r}]"
+            )
+        key = f"batch[{self.length_key!r}]"
+        lengths = check_lengths(batch[self.length_key], b, n, key)
+        if bool((lengths > held).any()):
+            i = int((lengths > held).nonzero()[0, 0])
+            raise ValueError(
+                f"{key} says example {i} has {int(lengths[i])} positions, but {what} holds "
+                f"{held} (pad each batch to at least its longest example)"
+            )
+
     def variable_mask(self, batch: Mapping[str, Any], batch_size: int) -> Tensor | None:
         """Positions ``0..length_i - 1`` of each example, from ``batch[length_key]``; None when
         the batch has no lengths.
@@ -180,3 +234,12 @@ class ChainHead(StructuredHead):
             labels, _ = chain_viterbi(unary, pairwise, lengths)
             _, marginals, _ = chain_marginals(unary, pairwise, lengths)
             return labels, marginals
+
+
+def _pad_positions(value: Any, held: int, n: int, fill: float) -> Any:
+    """A ``(B, held, ...)`` tensor padded along dim 1 to ``n`` positions with ``fill``; anything
+    else (another shape, not a tensor) as it is."""
+    if not isinstance(value, Tensor) or value.dim() < 2 or value.shape[1] != held:
+        return value
+    pad = value.new_full((value.shape[0], n - held, *value.shape[2:]), fill)
+    return torch.cat([value, pad], dim=1)
