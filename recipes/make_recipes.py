@@ -15,8 +15,9 @@ The grid is the paper's Word50 experiments (Chen et al., ICML 2015):
   (``datamodules.missing.MissingLabels``): discarded words, the latent loss, or all labels;
 * variable-size examples: ``recipes/varwords/{unary,joint1,joint2}.yaml``, unary only, 1st- and
   2nd-order JointTrain with a one-layer MLP (H1 = 512) on VarWords (English words of 2 to 14
-  letters, ``datamodules.varwords``): ``ChainHead(num_vars=14)`` on batches padded to 14
-  positions, each word a chain of its own length (``batch["length"]``); :data:`VAR_EPOCHS`
+  letters, ``datamodules.varwords``): ``ChainHead(num_vars=14)`` on batches of similar lengths,
+  each padded to its longest word (the head pads to 14 positions itself), each word a chain of
+  its own length (``batch["length"]``); :data:`VAR_EPOCHS`
   epochs; validation runs up to 50 sweeps and stops when the messages converge (longer chains
   than Word50's five letters need more than 10).
 
@@ -204,6 +205,8 @@ def _config(r: Recipe, twin: bool) -> dict[str, Any]:
         "batch_size": 100,
         "eval_batch_size": 500,
     }
+    if r.dataset == "varwords":  # each batch padded to its longest word (ChainHead pads to 14)
+        data_args["pad_to"] = "longest"
     data_args.update(dict(r.data_extra))
     trainer: dict[str, Any] = {"max_epochs": r.epochs, "log_every_n_steps": 20}
     trainer.update(dict(r.trainer_extra))
