@@ -43,11 +43,11 @@ class ChainHead(StructuredHead):
     marginals). Such a batch may hold fewer than ``num_vars`` positions (padded to its longest
     example, so the backbone runs on fewer positions): the head pads the features, the raw
     inputs it reads and the labels to ``num_vars`` positions itself, and its predictions have
-    ``num_vars`` positions. Example ``i`` then gets exactly what a ``ChainHead(num_vars=length_i)`` with the
-    same parameters gives it, as long as the terms do not depend on the chain length: the
-    unary's Linear is shared by all positions, and the pairwise tables with ``share="type"`` or
-    ``"shared"`` are too (``share="edge"`` gives each edge its own table, so a shorter chain
-    reads the leading ones).
+    ``num_vars`` positions. Example ``i`` then gets exactly what a
+    ``ChainHead(num_vars=length_i)`` with the same parameters gives it, as long as the terms do
+    not depend on the chain length: the unary's Linear is shared by all positions, and the
+    pairwise tables with ``share="type"`` or ``"shared"`` are too (``share="edge"`` gives each
+    edge its own table, so a shorter chain reads the leading ones).
 
     Args:
         num_vars: chain length N.
