@@ -72,6 +72,21 @@ class PendingWrite:
     old: Tensor
     new: Tensor
 
+    def finite_rows(self) -> Tensor:
+        """``(B, 1)`` bool: the new rows without a NaN or an infinity. One row sum reads the
+        messages once (a NaN or an infinity makes its row's sum one; so does a sum past the
+        float range, which no message reaches), several times cheaper than ``isfinite`` on
+        every entry."""
+        return torch.isfinite(self.new.sum(dim=1, keepdim=True))
+
+    def write(self) -> None:
+        """Write the new rows to the store, keeping the old row of every non-finite one."""
+        finite = self.finite_rows()
+        if self.new.device.type == "cpu" and bool(finite.all()):  # no device sync here
+            self.store.scatter(self.index, self.new)
+        else:
+            self.store.scatter(self.index, torch.where(finite, self.new, self.old))
+
 
 @dataclass
 class _StepRecord:
@@ -218,9 +233,8 @@ class NonFiniteGuard:
         bad_theta = _bad_potential_rows(theta.reshape(theta.shape[0], -1))
         bad_loss = ~torch.isfinite(loss).reshape(loss.shape[0], -1).all(dim=1)
         bad_msgs = torch.zeros((), dtype=torch.bool, device=loss.device)
-        for i, w in enumerate(writes):
-            bad = ~torch.isfinite(w.new.sum(dim=1)).all()  # row sums: as for the potentials
-            bad_msgs = bad if i == 0 else bad_msgs | bad
+        for w in writes:
+            bad_msgs = bad_msgs | ~w.finite_rows().all()
         b = self._batch
         b.flags.append(torch.stack([bad_theta.any(), bad_loss.any(), bad_msgs]))
         b.bad_rows.append(bad_loss | bad_theta)

@@ -225,15 +225,8 @@ class HeadLosses:
             writes += [write] if write is not None else []
         pending = None
         if writes and write_back:
-            for w in writes:
-                # a NaN or an infinity makes its row's sum one (so does a sum past the float
-                # range, which no message reaches): one read of the messages, not an isfinite
-                # per entry
-                finite = torch.isfinite(w.new.sum(dim=1, keepdim=True))
-                if w.new.device.type == "cpu" and bool(finite.all()):  # no device sync here
-                    w.store.scatter(w.index, w.new)
-                else:
-                    w.store.scatter(w.index, torch.where(finite, w.new, w.old))
+            for w in writes:  # a non-finite row keeps its old messages
+                w.write()
         elif writes:
             pending = writes[0] if len(writes) == 1 else tuple(writes)
         change = None
